@@ -1,0 +1,94 @@
+"""Reading and writing checkpoints in the released layout: config.json + model.safetensors.
+
+Loading is strict (every missing, unexpected or mis-shaped tensor is named) and never
+unpickles anything. Hub ids are fetched with huggingface_hub, which honours its cache,
+`revision` and offline mode (HF_HUB_OFFLINE=1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from openvtp.errors import OpenVTPError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def resolve_model_dir(path_or_hub_id: str | os.PathLike, revision: str | None = None,
+                      cache_dir: str | None = None, local_files_only: bool = False) -> Path:
+    """A local folder as is; otherwise a hub id `owner/name` downloaded (or found in the cache)."""
+    path = Path(path_or_hub_id)
+    if path.exists():
+        if not path.is_dir():
+            raise OpenVTPError(f"{path} is a file; a model is a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+        return path
+    name = str(path_or_hub_id)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise OpenVTPError(f"model not found: {name} (not a folder, and not a hub id like MiniMaxAI/VTP-Large-f16d64)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        local = snapshot_download(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                                  allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OpenVTPError(f"cannot fetch model '{name}' from the hub (offline or unknown id?): {reason}") from None
+    return Path(local)
+
+
+def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    file = model_dir / WEIGHTS_NAME
+    if not file.is_file():
+        raise OpenVTPError(f"missing weights file: {file}")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise OpenVTPError(f"cannot read {file}: {e}") from None
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: str) -> None:
+    """Raise one error naming every missing, unexpected and mis-shaped tensor."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = sorted(f"{k} {tuple(found[k].shape)} != {tuple(expected[k].shape)}"
+                    for k in set(expected) & set(found) if found[k].shape != expected[k].shape)
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:8])}" + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:8])}" + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""))
+    if shapes:
+        problems.append(f"shape mismatch {'; '.join(shapes[:8])}")
+    if problems:
+        raise OpenVTPError(f"checkpoint {source} does not match its config: " + " | ".join(problems))
+
+
+def write_model_dir(path: str | os.PathLike, config_dict: dict, state: dict[str, torch.Tensor]) -> Path:
+    """Write config.json + model.safetensors into `path` atomically (temp folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        (tmp / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2) + "\n")
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt"})
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

@@ -1,0 +1,96 @@
+"""Training checkpoints: one directory per step, written atomically, last N kept.
+
+A checkpoint directory `step_0000100/` holds `state.pt` (plain tensors and Python scalars
+only, loaded with `weights_only=True`) and `config.yaml`. It is written under a temporary
+name and renamed into place, so a killed run never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from openvtp.errors import OpenVTPError
+
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(run_dir: str | Path, step: int, state: dict, config_yaml: str, keep_last: int = 3) -> Path:
+    """Write `run_dir/checkpoints/step_XXXXXXX/` atomically and prune old ones."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:07d}."))
+    try:
+        torch.save({"format_version": FORMAT_VERSION, **state}, tmp / "state.pt")
+        (tmp / "config.yaml").write_text(config_yaml)
+        with open(tmp / "state.pt", "rb") as f:
+            os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(root.parent)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.pt").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:
+    """`resume` is '' (fresh run), 'latest' (newest in run_dir, or none), or a checkpoint dir."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if (path / "state.pt").is_file():
+        return path
+    raise OpenVTPError(f"no checkpoint at {path} (expected {path / 'state.pt'})")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load `state.pt` of a checkpoint directory (or the file itself) without unpickling code."""
+    path = Path(path)
+    file = path / "state.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise OpenVTPError(f"checkpoint not found: {file}")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file or foreign pickle
+        raise OpenVTPError(f"cannot read checkpoint {file}: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise OpenVTPError(f"{file} is not an openvtp checkpoint of format {FORMAT_VERSION}")
+    return state
