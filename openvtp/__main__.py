@@ -1,0 +1,5 @@
+import sys
+
+from openvtp.cli import main
+
+sys.exit(main())
