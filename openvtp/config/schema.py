@@ -1,0 +1,156 @@
+"""The pre-training config tree: the only place where defaults are set.
+
+Presets (`presets/*.yaml`) hold differences from these defaults; `key.sub=value` overrides
+come last. Defaults for the objectives follow method.md §3 (DINOv2 / OpenCLIP where VTP is
+silent); sizes default to the released VTP-L.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from openvtp.errors import OpenVTPError
+from openvtp.models.config import VTPConfig
+
+
+@dataclass
+class DataConfig:
+    source: str = "embedded"        # embedded | shards | folder
+    path: str = ""                  # shards: brace pattern / list joined by '::'; folder: root
+    captions: str = ""              # folder: CSV/JSONL file of (file, caption); empty: class folder names
+    photo_fraction: float = 0.1     # embedded: share of real photographs among the procedural scenes
+    workers: int = 0                # DataLoader worker processes
+    shuffle_buffer: int = 1000      # shards
+    max_skip_fraction: float = 0.5  # stop when more than this share of samples is unreadable
+
+
+@dataclass
+class ClipConfig:
+    weight: float = 1.0             # lambda_clip; 0 removes the branch
+    max_logit_scale: float = 100.0  # exp(logit_scale) is clamped here (OpenCLIP)
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    drop_path: float = 0.0
+
+
+@dataclass
+class SSLConfig:
+    weight: float = 1.0             # lambda_ssl; 0 removes the branch (and the teacher)
+    batch: int = 4096               # B_ssl: images per step that feed DINO + iBOT
+    prototypes: int = 65536         # K; far fewer at demo scale
+    head_hidden: int = 2048
+    head_bottleneck: int = 256
+    n_global: int = 2
+    n_local: int = 8
+    global_size: int = 224
+    local_size: int = 96
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    jitter_p: float = 0.8
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    mask_probability: float = 0.5
+    dino_weight: float = 1.0
+    ibot_weight: float = 1.0
+    koleo_weight: float = 0.1
+    centering: str = "sinkhorn"     # sinkhorn | softmax
+    student_temp: float = 0.1
+    teacher_temp: tuple[float, float] = (0.04, 0.07)
+    teacher_temp_warmup_steps: int = 10000
+    momentum: tuple[float, float] = (0.992, 1.0)   # teacher EMA, cosine from first to second
+    drop_path: float = 0.1
+
+
+@dataclass
+class ReconConfig:
+    weight: float = 0.1             # lambda_rec; 0 removes the branch (and the decoder's compute)
+    batch: int = 2048               # B_rec
+    l1_weight: float = 1.0
+    lpips_weight: float = 1.0
+    lpips_backbone: str = "pretrained"   # pretrained | random | path to VGG weights
+    drop_path: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 2000
+    grad_clip: float = 1.0          # 0 disables
+    accum_steps: int = 1
+
+
+@dataclass
+class EvalDuringTraining:
+    every: int = 0                  # steps between quick evaluations; 0: only at the end
+    images: int = 256               # held-out images used
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100000
+    batch: int = 16384              # B: global contrastive batch (all ranks, all accumulation steps)
+    seed: int = 0
+    out_dir: str = "runs/pretrain"
+    device: str = "auto"            # auto | cpu | cuda
+    precision: str = "auto"         # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    log_every: int = 10
+    image_every: int = 500          # reconstruction grid PNG
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    max_bad_steps: int = 5          # consecutive non-finite losses before the run stops
+    resume: str = ""                # '' | latest | path to a checkpoint directory
+    time_limit_s: float = 0.0       # stop (and checkpoint) after this long; 0: no limit
+    compile: bool = False
+
+
+@dataclass
+class PretrainConfig:
+    model: VTPConfig = field(default_factory=VTPConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalDuringTraining = field(default_factory=EvalDuringTraining)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
+    """Impossible configs fail here, before any data or model is built."""
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise OpenVTPError(f"config: {msg}")
+
+    m, t = cfg.model, cfg.train
+    need(cfg.clip.weight >= 0 and cfg.ssl.weight >= 0 and cfg.recon.weight >= 0, "loss weights must be >= 0")
+    need(cfg.clip.weight > 0 or cfg.ssl.weight > 0 or cfg.recon.weight > 0, "every objective has weight 0: nothing to train")
+    need(cfg.clip.weight == 0 or m.train_clip, "clip.weight > 0 needs a text tower (model.train_clip=true)")
+    need(cfg.recon.weight == 0 or m.train_reconstruction, "recon.weight > 0 needs a decoder (model.train_reconstruction=true)")
+    need(t.steps > 0, "train.steps must be positive")
+    need(t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
+    need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
+    p = m.vision_patch_size
+    need(m.image_size % p == 0, f"model.image_size {m.image_size} is not a multiple of the patch size {p}")
+    per = world_size * cfg.optim.accum_steps
+    need(cfg.optim.accum_steps >= 1, "optim.accum_steps must be >= 1")
+    need(t.batch % per == 0, f"train.batch {t.batch} is not divisible by world size x accum_steps ({per})")
+    for name, sub, on in (("ssl", cfg.ssl.batch, cfg.ssl.weight > 0), ("recon", cfg.recon.batch, cfg.recon.weight > 0)):
+        if not on:
+            continue
+        need(0 < sub <= t.batch, f"{name}.batch {sub} must be in 1..train.batch ({t.batch})")
+        need(t.batch % sub == 0, f"train.batch {t.batch} must be a multiple of {name}.batch {sub} (subsets are strided)")
+        need(sub % per == 0, f"{name}.batch {sub} is not divisible by world size x accum_steps ({per})")
+    if cfg.ssl.weight > 0:
+        s = cfg.ssl
+        need(s.global_size % p == 0 and s.local_size % p == 0,
+             f"ssl.global_size {s.global_size} and ssl.local_size {s.local_size} must be multiples of the patch size {p}")
+        need(s.n_global >= 1 and s.n_local >= 0 and s.n_global + s.n_local >= 2, "ssl needs >= 1 global and >= 2 crops in all")
+        need(s.centering in ("sinkhorn", "softmax"), "ssl.centering must be sinkhorn or softmax")
+        need(0 <= s.mask_ratio[0] <= s.mask_ratio[1] < 1, "ssl.mask_ratio must satisfy 0 <= lo <= hi < 1")
+        need(s.prototypes > 0, "ssl.prototypes must be positive")
+    need(cfg.data.source in ("embedded", "shards", "folder"), "data.source must be embedded, shards or folder")
+    need(cfg.data.source == "embedded" or cfg.data.path, f"data.path is required for data.source={cfg.data.source}")
+    need(0 <= cfg.data.photo_fraction <= 1, "data.photo_fraction must be in [0, 1]")

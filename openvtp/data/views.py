@@ -1,0 +1,241 @@
+"""Augmented views for the three objectives; all randomness from an explicit torch.Generator.
+
+A view is a pure function of (image, size, generator). Generators come from
+`sample_generator(seed, step, index, stream)`, so a sample's views do not depend on the
+number of processes, workers or batch layout, and a resumed run reproduces them exactly.
+Inputs are (3, H, W) uint8 or float in [0, 1]; outputs are float (3, h, w), ImageNet-normalised.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_BICUBIC = InterpolationMode.BICUBIC
+
+# Stream ids, so objectives that see the same sample at the same step draw independent views.
+STREAM_CLIP, STREAM_SSL, STREAM_RECON, STREAM_MASK = 0, 1, 2, 3
+
+
+def sample_generator(seed: int, step: int, index: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator seeded by hashing (seed, step, index, stream); any signed 64-bit ints."""
+    digest = hashlib.blake2b(struct.pack("<4q", seed, step, index, stream), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] RGB -> ImageNet-normalised; (..., 3, H, W)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised -> [0, 1] RGB (unclamped); (..., 3, H, W)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return x * std + mean
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised float -> uint8 pixels, e.g. for PNG grids of reconstructions."""
+    return (denormalize(x.float()).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * torch.rand((), generator=gen).item()
+
+
+def _coin(gen: torch.Generator, p: float) -> bool:
+    return torch.rand((), generator=gen).item() < p
+
+
+def _float01(img: torch.Tensor) -> torch.Tensor:
+    return img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+
+
+def _crop_resize(img: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Crop (top, left, h, w), resize bicubic with antialias, return float [0, 1]."""
+    out = TF.resized_crop(img, *box, size=list(size), interpolation=_BICUBIC, antialias=True)
+    return _float01(out).clamp_(0, 1)
+
+
+def random_resized_crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) covering `scale` of the area with aspect w/h in `ratio` (Inception-style)."""
+    area = height * width
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * _uniform(gen, *scale)
+        r = math.exp(_uniform(gen, *log_r))
+        w = round(math.sqrt(target * r))
+        h = round(math.sqrt(target / r))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=gen))
+            left = int(torch.randint(0, width - w + 1, (), generator=gen))
+            return top, left, h, w
+    # fallback: the whole image, trimmed to the nearest allowed aspect
+    r = width / height
+    w, h = width, height
+    if r < ratio[0]:
+        h = round(width / ratio[0])
+    elif r > ratio[1]:
+        w = round(height * ratio[1])
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def center_box(height: int, width: int, size: tuple[int, int], frac: float = 1.0) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of the largest centred box with the aspect of `size`, times `frac`."""
+    aspect = size[1] / size[0]
+    h = max(1, round(min(height, width / aspect) * frac))
+    w = max(1, min(width, round(h * aspect)))
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def center_view(img: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Deterministic eval view: scale the shorter side, centre crop, normalise."""
+    hw = _hw(size)
+    return normalize(_crop_resize(img, center_box(img.shape[-2], img.shape[-1], hw), hw))
+
+
+def contrastive_view(
+    img: torch.Tensor,
+    size: int | tuple[int, int],
+    gen: torch.Generator | None,
+    scale: tuple[float, float] = (0.9, 1.0),
+    flip_p: float = 0.0,
+) -> torch.Tensor:
+    """CLIP view: random resized crop, optional flip; float (3, h, w), normalised.
+
+    Defaults follow OpenCLIP's training transform (scale 0.9-1, aspect 3/4-4/3, bicubic, no
+    flip): captions may name sides, and a gentle crop keeps every captioned object in view.
+    gen=None gives `center_view`.
+    """
+    hw = _hw(size)
+    if gen is None:
+        return center_view(img, hw)
+    a = hw[1] / hw[0]
+    box = random_resized_crop_box(img.shape[-2], img.shape[-1], scale, (0.75 * a, a / 0.75), gen)
+    x = _crop_resize(img, box, hw)
+    if _coin(gen, flip_p):
+        x = TF.horizontal_flip(x)
+    return normalize(x)
+
+
+def reconstruction_view(
+    img: torch.Tensor,
+    size: int | tuple[int, int],
+    gen: torch.Generator | None,
+    scale: tuple[float, float] = (0.8, 1.0),
+    shift: float = 0.25,
+    flip_p: float = 0.5,
+) -> torch.Tensor:
+    """Auto-encoder view: a centre-ish crop (side `scale` of the largest crop with the output
+    aspect, centre moved by up to `shift` of the slack), optional flip; float (3, h, w), normalised.
+
+    Crops stay large so the decoder learns whole images at training resolution; gen=None gives
+    `center_view`.
+    """
+    hw = _hw(size)
+    if gen is None:
+        return center_view(img, hw)
+    H, W = img.shape[-2], img.shape[-1]
+    _, _, h, w = center_box(H, W, hw, _uniform(gen, *scale))
+    top = round((H - h) / 2 * (1 + shift * _uniform(gen, -1, 1)))
+    left = round((W - w) / 2 * (1 + shift * _uniform(gen, -1, 1)))
+    x = _crop_resize(img, (top, left, h, w), hw)
+    if _coin(gen, flip_p):
+        x = TF.horizontal_flip(x)
+    return normalize(x)
+
+
+class MultiCrop:
+    """DINOv2's multi-crop augmentation: global and local crops with photometric jitter.
+
+    Per crop: random resized crop (bicubic) and flip; with p `jitter_p` colour jitter
+    (brightness, contrast, saturation, hue strengths `jitter`, random order); grayscale with
+    p `gray_p`; Gaussian blur with p `blur_p` = (first global, other globals, locals); solarise
+    with p `solarize_p` on the globals after the first. Defaults are DINOv2's.
+    Returns (globals, locals): lists of float (3, s, s) normalised tensors.
+    """
+
+    def __init__(
+        self,
+        global_size: int | tuple[int, int] = 224,
+        local_size: int | tuple[int, int] = 96,
+        n_global: int = 2,
+        n_local: int = 8,
+        global_scale: tuple[float, float] = (0.32, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.32),
+        flip_p: float = 0.5,
+        jitter_p: float = 0.8,
+        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
+        gray_p: float = 0.2,
+        blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        blur_kernel: int = 9,
+        solarize_p: float = 0.2,
+    ):
+        assert n_global >= 1 and n_local >= 0, "need at least one global crop"
+        assert blur_kernel % 2 == 1, "blur_kernel must be odd"
+        self.global_size, self.local_size = _hw(global_size), _hw(local_size)
+        self.n_global, self.n_local = n_global, n_local
+        self.global_scale, self.local_scale = global_scale, local_scale
+        self.flip_p, self.jitter_p, self.jitter, self.gray_p = flip_p, jitter_p, jitter, gray_p
+        self.blur_p, self.blur_sigma, self.blur_kernel = blur_p, blur_sigma, blur_kernel
+        self.solarize_p = solarize_p
+
+    def _photometric(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if _coin(gen, self.jitter_p):
+            b, c, s, h = self.jitter
+            factors = (
+                _uniform(gen, max(0.0, 1 - b), 1 + b),
+                _uniform(gen, max(0.0, 1 - c), 1 + c),
+                _uniform(gen, max(0.0, 1 - s), 1 + s),
+                _uniform(gen, -h, h),
+            )
+            ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+            for k in torch.randperm(4, generator=gen).tolist():
+                x = ops[k](x, factors[k])
+        if _coin(gen, self.gray_p):
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        return x
+
+    def _blur(self, x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+        if not _coin(gen, p):
+            return x
+        sigma = _uniform(gen, *self.blur_sigma)
+        k = min(self.blur_kernel, 2 * min(x.shape[-2:]) - 1)  # reflect padding needs pad < side
+        return TF.gaussian_blur(x, [k, k], [sigma, sigma])
+
+    def _crop(self, img: torch.Tensor, size: tuple[int, int], scale, gen: torch.Generator) -> torch.Tensor:
+        a = size[1] / size[0]
+        box = random_resized_crop_box(img.shape[-2], img.shape[-1], scale, (0.75 * a, a / 0.75), gen)
+        x = _crop_resize(img, box, size)
+        if _coin(gen, self.flip_p):
+            x = TF.horizontal_flip(x)
+        return self._photometric(x, gen)
+
+    def __call__(self, img: torch.Tensor, gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        globals_, locals_ = [], []
+        for i in range(self.n_global):
+            x = self._crop(img, self.global_size, self.global_scale, gen)
+            x = self._blur(x, self.blur_p[0] if i == 0 else self.blur_p[1], gen)
+            if i > 0 and _coin(gen, self.solarize_p):
+                x = TF.solarize(x, 0.5)
+            globals_.append(normalize(x.clamp(0, 1)))
+        for _ in range(self.n_local):
+            x = self._blur(self._crop(img, self.local_size, self.local_scale, gen), self.blur_p[2], gen)
+            locals_.append(normalize(x.clamp(0, 1)))
+        return globals_, locals_

@@ -1,0 +1,67 @@
+"""Quick evaluation on the embedded held-out scenes: what the demo and in-training eval report.
+
+Zero-shot shape and colour accuracy on held-out images of (shape, colour) pairs never seen in
+training, kNN shape accuracy (train scenes as the memory bank), and reconstruction PSNR next
+to the per-patch mean-colour baseline that a tokenizer must beat to have learnt anything.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from openvtp.data.scenes import COLOURS, SHAPES, CaptionedScenes, colour_prompts, shape_prompts
+from openvtp.models import VTPModel
+
+from .knn import knn_classify
+from .recon_metrics import patch_mean_baseline, psnr
+from .zero_shot import build_zero_shot_classifier, zero_shot_accuracy
+
+
+def _stack(ds: CaptionedScenes, n: int) -> dict[str, torch.Tensor]:
+    items = [ds[i] for i in range(min(n, len(ds)))]
+    return {"images": torch.stack([it["image"] for it in items]).float().div(255),
+            "shape": torch.tensor([it["shape"] for it in items]),
+            "colour": torch.tensor([it["colour"] for it in items])}
+
+
+@torch.inference_mode()
+def embedded_eval(model: VTPModel, n_images: int = 256, size: int | None = None, seed: int = 0,
+                  batch: int = 64, knn_train: int = 512) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    size = size or model.config.image_size
+    device = model.trunk.cls_token.device
+    held = _stack(CaptionedScenes("heldout", size=size, length=n_images, seed=seed), n_images)
+    out: dict[str, float] = {"images": float(len(held["images"]))}
+
+    def batched(fn, x):
+        return torch.cat([fn(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
+
+    feats = batched(lambda x: model.get_last_layer_feature(model.normalize(x))["cls_token"], held["images"])
+    if model.config.train_clip:
+        img = batched(model.encode_image, held["images"])
+        for attr, (names, templates), n_cls in (("shape", shape_prompts(), len(SHAPES)),
+                                                ("colour", colour_prompts(), len(COLOURS))):
+            clf = build_zero_shot_classifier(lambda t: model.get_clip_text_feature(t.to(device)), names, templates,
+                                             model.tokenize).float().cpu()
+            out[f"zeroshot_{attr}"] = zero_shot_accuracy(img, clf, held[attr], topk=(1,))["top1"]
+            out[f"zeroshot_{attr}_chance"] = 100.0 / n_cls
+    bank = _stack(CaptionedScenes("train", size=size, length=knn_train, seed=seed + 1), knn_train)
+    bank_feats = batched(lambda x: model.get_last_layer_feature(model.normalize(x))["cls_token"], bank["images"])
+    out["knn_shape"] = knn_classify(F.normalize(bank_feats, dim=-1), bank["shape"], F.normalize(feats, dim=-1),
+                                    held["shape"], k=20, num_classes=len(SHAPES))["top1"]
+    if model.config.train_reconstruction:
+        rec = batched(lambda x: model.decode(model.encode(x)), held["images"])
+        out["psnr"] = psnr(held["images"], rec).mean().item()
+        base = patch_mean_baseline(held["images"], model.config.vision_patch_size)
+        out["psnr_patch_mean_baseline"] = psnr(held["images"], base).mean().item()
+    model.train(was_training)
+    return out
+
+
+@torch.inference_mode()
+def embedded_recon_examples(model: VTPModel, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(originals, reconstructions) in [0, 1] for a PNG grid."""
+    held = _stack(CaptionedScenes("heldout", size=model.config.image_size, length=n, seed=seed), n)["images"]
+    device = model.trunk.cls_token.device
+    return held, model.decode(model.encode(held.to(device))).float().cpu()

@@ -1,0 +1,170 @@
+"""Pre-training batches: sources, per-rank slices and the views of each objective.
+
+Every random choice for a sample is drawn from a generator seeded by (seed, step, global
+position in the batch), and the SSL / reconstruction subsets are fixed strides of the global
+batch, so a run is reproducible and does not depend on the number of processes or loader
+workers. A source of random-access samples (the embedded data, image folders) is read at
+index step * B + position; a stream (webdataset shards) is split over ranks and workers.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from openvtp.config.schema import PretrainConfig
+from openvtp.data.folders import CaptionFolder, ClassFolder
+from openvtp.data.masking import block_mask
+from openvtp.data.mixture import Mixture
+from openvtp.data.photos import NaturalPhotos
+from openvtp.data.scenes import CaptionedScenes
+from openvtp.data.shards import ShardDataset
+from openvtp.data.text import tokenize
+from openvtp.data.views import (STREAM_CLIP, STREAM_MASK, STREAM_RECON, STREAM_SSL, MultiCrop, contrastive_view,
+                                reconstruction_view, sample_generator)
+
+EMBEDDED_LENGTH = 10**9  # procedural scenes never repeat within a run
+
+
+def build_source(cfg: PretrainConfig, rank: int, world_size: int) -> Dataset | IterableDataset:
+    d, size = cfg.data, cfg.model.image_size
+    if d.source == "embedded":
+        scenes = CaptionedScenes("train", size=size, length=EMBEDDED_LENGTH, seed=cfg.train.seed)
+        if d.photo_fraction <= 0:
+            return scenes
+        photos = NaturalPhotos(size=size, length=100_000, seed=cfg.train.seed)
+        return Mixture([scenes, photos], [1 - d.photo_fraction, d.photo_fraction], seed=cfg.train.seed,
+                       length=EMBEDDED_LENGTH, keys=("image", "caption", "key"))
+    if d.source == "shards":
+        return ShardDataset(d.path.split("::") if "::" in d.path else d.path, size=size, rank=rank,
+                            world_size=world_size, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, resample=True)
+    if d.captions:
+        return CaptionFolder(d.path, d.captions, size=size)
+    return ClassFolder(d.path, size=size)
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """Which global positions of a step's batch feed which objective, and this rank's slice."""
+
+    batch: int                # global B
+    rank: int
+    world_size: int
+    ssl_stride: int           # 0: SSL off
+    rec_stride: int           # 0: reconstruction off
+
+    @property
+    def local(self) -> range:
+        n = self.batch // self.world_size
+        return range(self.rank * n, (self.rank + 1) * n)
+
+    def is_ssl(self, p: int) -> bool:
+        return self.ssl_stride > 0 and p % self.ssl_stride == 0
+
+    def is_rec(self, p: int) -> bool:
+        # offset by half a stride so the two subsets overlap as little as possible
+        return self.rec_stride > 0 and (p + self.rec_stride // 2) % self.rec_stride == 0
+
+
+def layout_for(cfg: PretrainConfig, rank: int, world_size: int) -> BatchLayout:
+    B = cfg.train.batch
+    return BatchLayout(B, rank, world_size,
+                       B // cfg.ssl.batch if cfg.ssl.weight > 0 else 0,
+                       B // cfg.recon.batch if cfg.recon.weight > 0 else 0)
+
+
+class PretrainCollate:
+    """Builds one rank's batch for one step from raw samples (uint8 images + captions)."""
+
+    def __init__(self, cfg: PretrainConfig, layout: BatchLayout):
+        self.cfg, self.layout = cfg, layout
+        s = cfg.ssl
+        self.multicrop = MultiCrop(s.global_size, s.local_size, s.n_global, s.n_local, s.global_scale, s.local_scale,
+                                   jitter_p=s.jitter_p) if s.weight > 0 else None
+        self.grid = s.global_size // cfg.model.vision_patch_size
+
+    def _masked(self, j: int) -> bool:
+        """Crop j of the global SSL crop sequence is masked: exactly a fraction p of any run of crops."""
+        p = self.cfg.ssl.mask_probability
+        return math.floor((j + 1) * p) > math.floor(j * p)
+
+    def __call__(self, samples: list[dict], step: int, positions: list[int]) -> dict[str, torch.Tensor]:
+        cfg, lay, seed = self.cfg, self.layout, self.cfg.train.seed
+        size = cfg.model.image_size
+        out: dict[str, torch.Tensor] = {"step": torch.tensor(step)}
+        out["skipped"] = torch.tensor(sum(int(s.get("skipped", 0)) for s in samples))
+        if cfg.clip.weight > 0:
+            out["clip_images"] = torch.stack([
+                contrastive_view(s["image"], size, sample_generator(seed, step, p, STREAM_CLIP), cfg.clip.crop_scale)
+                for s, p in zip(samples, positions)])
+            out["text"] = tokenize([s["caption"] for s in samples], cfg.model.text_context_length)
+        if self.multicrop is not None:
+            g, l, masks = [], [], []
+            for s, p in zip(samples, positions):
+                if not lay.is_ssl(p):
+                    continue
+                gl, lo = self.multicrop(s["image"], sample_generator(seed, step, p, STREAM_SSL))
+                g.append(torch.stack(gl))
+                if lo:
+                    l.append(torch.stack(lo))
+                j0 = (p // lay.ssl_stride) * cfg.ssl.n_global
+                for i in range(cfg.ssl.n_global):
+                    gen = sample_generator(seed, step, p, STREAM_MASK * 100 + i)
+                    lo_r, hi_r = cfg.ssl.mask_ratio
+                    ratio = lo_r + (hi_r - lo_r) * torch.rand((), generator=gen).item() if self._masked(j0 + i) else 0.0
+                    m = block_mask(self.grid, self.grid, ratio, gen) if ratio > 0 else torch.zeros(self.grid, self.grid, dtype=torch.bool)
+                    masks.append(m.flatten())
+            out["ssl_globals"] = torch.stack(g, dim=1)  # (n_global, B_ssl, 3, G, G)
+            if l:
+                out["ssl_locals"] = torch.stack(l, dim=1)  # (n_local, B_ssl, 3, L, L)
+            # masks are ordered sample-major above; make them crop-major like the stacked crops
+            out["ssl_masks"] = torch.stack(masks).view(-1, cfg.ssl.n_global, self.grid**2).transpose(0, 1).reshape(-1, self.grid**2)
+        if lay.rec_stride:
+            out["rec_images"] = torch.stack([
+                reconstruction_view(s["image"], size, sample_generator(seed, step, p, STREAM_RECON))
+                for s, p in zip(samples, positions) if lay.is_rec(p)])
+        return out
+
+
+class StepBatches(IterableDataset):
+    """Yields this rank's batches for steps start, start+1, ...; loader worker w makes steps w, w+nw, ...
+
+    The DataLoader takes items from its workers in turn, so batches arrive in step order.
+    """
+
+    def __init__(self, source, collate: PretrainCollate, layout: BatchLayout, start_step: int, end_step: int):
+        self.source, self.collate, self.layout = source, collate, layout
+        self.start, self.end = start_step, end_step
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        steps = range(self.start + wid, self.end, nw)
+        positions = list(self.layout.local)
+        if isinstance(self.source, IterableDataset):
+            stream = iter(self.source)
+            # exact resume: drop what this worker consumed before start_step
+            done_before = len(range(wid, self.start, nw))
+            stream = itertools.islice(stream, done_before * len(positions), None)
+            for step in steps:
+                samples = list(itertools.islice(stream, len(positions)))
+                if len(samples) < len(positions):
+                    return
+                yield self.collate(samples, step, positions)
+        else:
+            n = len(self.source)
+            for step in steps:
+                samples = [self.source[(step * self.layout.batch + p) % n] for p in positions]
+                yield self.collate(samples, step, positions)
+
+
+def build_loader(cfg: PretrainConfig, rank: int, world_size: int, start_step: int) -> DataLoader:
+    layout = layout_for(cfg, rank, world_size)
+    source = build_source(cfg, rank, world_size)
+    batches = StepBatches(source, PretrainCollate(cfg, layout), layout, start_step, cfg.train.steps)
+    workers = cfg.data.workers
+    return DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=False,
+                      prefetch_factor=2 if workers > 0 else None)

@@ -1,0 +1,188 @@
+"""`pretrain(cfg)`: the VTP pre-training loop, from a single CPU process to torchrun DDP.
+
+Order of work: validate config -> data -> model + objectives -> optimizer -> (resume) ->
+steps -> checkpoints -> exported tokenizer, pictures and summary in `train.out_dir`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from openvtp.config.load import config_to_dict, save_config
+from openvtp.config.schema import PretrainConfig, validate
+from openvtp.errors import OpenVTPError
+from openvtp.models import VTPModel
+
+from . import dist
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .data import build_loader
+from .logger import RunLogger
+from .schedules import cosine, warmup_cosine
+from .task import PretrainTask
+
+log = logging.getLogger("openvtp.train")
+
+NO_DECAY_NAMES = ("cls_token", "mask_token", "positional_embedding", "token_embedding", "logit_scale", "logit_bias")
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on norms, biases, tokens, embeddings and the logit scale."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY_NAMES) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def split_batch(batch: dict, n: int) -> list[dict]:
+    """Micro-batches for gradient accumulation (crops are stacked crop-major on dim 1)."""
+    if n == 1:
+        return [batch]
+    parts: list[dict] = [{} for _ in range(n)]
+    for key, value in batch.items():
+        if value.ndim == 0:
+            chunks = [value] * n
+        elif key in ("ssl_globals", "ssl_locals"):
+            chunks = value.chunk(n, dim=1)
+        elif key == "ssl_masks":
+            g = batch["ssl_globals"].shape[0]
+            chunks = [c.flatten(0, 1) for c in value.view(g, -1, value.shape[-1]).chunk(n, dim=1)]
+        else:
+            chunks = value.chunk(n, dim=0)
+        for part, chunk in zip(parts, chunks):
+            part[key] = chunk
+    return parts
+
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 9_176 + rank * 7_919) % (2**63 - 1)
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Run pre-training; returns the final summary (also written to out_dir/summary.json)."""
+    info = dist.init(cfg.train.device)
+    validate(cfg, info.world_size)
+    out = Path(cfg.train.out_dir)
+    main = info.rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    dist.barrier()
+
+    torch.manual_seed(cfg.train.seed)
+    model = VTPModel(cfg.model)
+    task = PretrainTask(cfg, model).to(info.device)
+    opt = torch.optim.AdamW(param_groups(task, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                            betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+    start = 0
+    resume_from = resolve_resume(out, cfg.train.resume)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        try:
+            task.load_state_dict(state["task"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise OpenVTPError(f"checkpoint {resume_from} does not match this config: {str(e).splitlines()[0]}") from None
+        start = int(state["step"])
+        if main:
+            log.info("resumed from %s at step %d", resume_from, start)
+    wrapped = DDP(task, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.world_size > 1 else task
+    loader = build_loader(cfg, info.rank, info.world_size, start)
+    logger = RunLogger(out, cfg, start, enabled=main)
+
+    total, bad_streak, step = cfg.train.steps, 0, start
+    t_start = time.time()
+    config_yaml = (out / "config.yaml").read_text() if main else ""
+    task.train()
+
+    def checkpoint(at: int) -> None:
+        if main:
+            save_checkpoint(out, at, {"task": task.state_dict(), "optimizer": opt.state_dict(), "step": at,
+                                      "config": config_to_dict(cfg),
+                                      "rng": {"torch": torch.get_rng_state()}}, config_yaml, cfg.train.keep_last)
+        dist.barrier()
+
+    for batch in loader:
+        step = int(batch["step"])
+        t0 = time.time()
+        # schedules are pure functions of the step: resume is exact
+        lr = warmup_cosine(step, total, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(_step_seed(cfg.train.seed, step, info.rank))
+        batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
+        # forward + backward per micro-batch; gradients sync on the last one
+        micro = split_batch(batch, cfg.optim.accum_steps)
+        terms_sum: dict[str, torch.Tensor] = {}
+        finite = True
+        for i, mb in enumerate(micro):
+            sync = nullcontext() if (i == len(micro) - 1 or info.world_size == 1) else wrapped.no_sync()
+            with sync, _autocast(info.device, cfg.train.precision):
+                terms = wrapped(mb, step)
+            ok = torch.isfinite(terms["loss"].detach()).float()
+            if dist.all_reduce_sum(ok).item() < info.world_size:  # every rank must agree to skip
+                finite = False
+                break
+            (terms["loss"] / len(micro)).backward()
+            for k, v in terms.items():
+                terms_sum[k] = terms_sum.get(k, 0) + v.detach().float() / len(micro)
+        if not finite:
+            opt.zero_grad(set_to_none=True)
+            bad_streak += 1
+            logger.warn(f"step {step}: non-finite loss, step skipped ({bad_streak} in a row)")
+            if bad_streak >= cfg.train.max_bad_steps:
+                checkpoint(step)
+                raise OpenVTPError(f"{bad_streak} consecutive non-finite losses at step {step}; "
+                                   f"last good state saved in {out / 'checkpoints'} (lower optim.lr?)")
+            continue
+        bad_streak = 0
+        grad_norm = (torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.optim.grad_clip)
+                     if cfg.optim.grad_clip > 0 else torch.tensor(0.0))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if task.clip is not None:
+            with torch.no_grad():  # OpenCLIP: keep the learnable temperature in [0, log(max)]
+                model.logit_scale.clamp_(0, math.log(cfg.clip.max_logit_scale))
+        momentum = 0.0
+        if task.ssl is not None:
+            momentum = cosine(step, total, *cfg.ssl.momentum)
+            task.ssl.update_teacher(model, momentum)
+
+        scalars = {k: dist.all_reduce_mean(v).item() for k, v in terms_sum.items()}
+        scalars.update(lr=lr, grad_norm=float(grad_norm), images_per_s=cfg.train.batch / max(time.time() - t0, 1e-9),
+                       skipped_samples=float(dist.all_reduce_sum(batch["skipped"].float()).item()))
+        if task.ssl is not None:
+            scalars["teacher_momentum"] = momentum
+        done = step + 1
+        logger.step(done, scalars, task, batch)
+        if cfg.eval.every and done % cfg.eval.every == 0 and main:
+            logger.quick_eval(done, model, cfg)
+        out_of_time = cfg.train.time_limit_s > 0 and time.time() - t_start > cfg.train.time_limit_s
+        if done % cfg.train.ckpt_every == 0 or done == total or out_of_time:
+            checkpoint(done)
+        if out_of_time:
+            logger.warn(f"time limit {cfg.train.time_limit_s:.0f}s reached at step {done}; stopping")
+            break
+
+    summary = {}
+    if main:
+        model.eval()
+        model.save_pretrained(out / "tokenizer")
+        summary = logger.finish(model, cfg, step + 1 if step >= start else start)
+    dist.barrier()
+    dist.cleanup()
+    return summary

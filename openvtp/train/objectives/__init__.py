@@ -1,0 +1,5 @@
+from .clip import ClipObjective
+from .recon import ReconObjective
+from .ssl import SSLObjective
+
+__all__ = ["ClipObjective", "ReconObjective", "SSLObjective"]
