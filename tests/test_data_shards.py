@@ -87,10 +87,11 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
     paths = write_shards([good[0], bad[0], good[1], bad[1], bad[2], good[2]], str(tmp_path / "a-%02d.tar"))
     _raw_tar(tmp_path / "b-00.tar", [("noimg.txt", b"a caption without an image"), ("latin.txt", b"\xff\xfe"),
                                      ("latin.png", b"x")])
-    # a truncated shard: its readable prefix is used, the rest is a shard error
-    write_shards([good[3], good[3]], str(tmp_path / "whole-%d.tar"))
-    data = (tmp_path / "whole-0.tar").read_bytes()
-    (tmp_path / "c-00.tar").write_bytes(data[: len(data) // 2 + 700])
+    # a shard truncated inside its last image: the samples before it are used, the rest is a shard error
+    whole = write_shards([good[3], _scenes(5)[4]], str(tmp_path / "whole-%d.tar"))[0]
+    with tarfile.open(whole) as tf:
+        cut = tf.getmembers()[-2].offset_data + 100
+    (tmp_path / "c-00.tar").write_bytes(open(whole, "rb").read()[:cut])
 
     ds = ShardDataset([*paths, str(tmp_path / "b-00.tar"), str(tmp_path / "c-00.tar")], shuffle_buffer=0)
     got = list(ds)

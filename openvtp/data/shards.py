@@ -72,7 +72,7 @@ class ShardDataset(IterableDataset):
             ("crop": shorter side then centre crop; "squash": ignore aspect).
         rank, world_size: this process's slice of the shards.
         shuffle_buffer: >0 shuffles shard order per epoch and samples through a buffer of
-            this many; 0 reads shards and samples in order.
+            this many (still encoded); 0 reads shards and samples in order.
         seed: seeds all shuffling (with the epoch, see `set_epoch`, and the reader id).
         resample: draw shards with replacement forever (each reader its own stream),
             as webdataset's ResampledShards; for step-based training.
@@ -142,16 +142,13 @@ class ShardDataset(IterableDataset):
 
         groups = (g for url in shards for g in _shard_groups(url, on_shard_error))
 
-        def decoded() -> Iterator[dict]:
-            for k, group in enumerate(groups):
-                if stride is not None and k % stride != reader:
-                    continue
-                sample = self._decode(group, skip)
-                if sample is not None:
-                    sample["skipped"], pending[0], streak[0] = pending[0], 0, 0
-                    yield sample
-
-        yield from _shuffled(decoded(), self.shuffle_buffer, _rng(self.seed, self.epoch, reader, 2))
+        mine = (g for k, g in enumerate(groups) if stride is None or k % stride == reader)
+        # shuffle encoded bytes, decode after: a buffer of jpgs is far smaller than of pixels
+        for group in _shuffled(mine, self.shuffle_buffer, _rng(self.seed, self.epoch, reader, 2)):
+            sample = self._decode(group, skip)
+            if sample is not None:
+                sample["skipped"], pending[0], streak[0] = pending[0], 0, 0
+                yield sample
         if counts:
             log.info("shards: reader %d/%d skipped %s", reader, readers, dict(counts))
 
@@ -197,12 +194,11 @@ def _shard_groups(url: str, on_error) -> Iterator[dict]:
                 key, ext = wds.tariterators.base_plus_ext(info.name)
                 if key is None or os.path.basename(key).startswith("__"):
                     continue  # no extension, or webdataset metadata
-                data = tar.extractfile(info).read()
                 if group is None or key != group["__key__"]:
                     if group is not None:
                         yield group
                     group = {"__key__": key, "__url__": url}
-                group[ext.lower()] = data
+                group[ext.lower()] = tar.extractfile(info).read()
             if group is not None:
                 yield group
     except Exception as exn:  # truncated or corrupt tar, unreadable file
