@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from openvtp.data import shards
 from openvtp.data.scenes import CaptionedScenes
 from openvtp.data.shards import ShardDataset, skipped_total, write_shards
 from openvtp.errors import OpenVTPError
@@ -127,9 +128,31 @@ def test_resample_is_endless_and_seeded(shard_set):
     assert a == b and len(a) == 80 > len(samples)
 
 
-def test_resample_over_unreadable_shards_fails_instead_of_spinning(tmp_path):
+def test_resample_over_unreadable_shards_fails_instead_of_spinning(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "_MAX_SKIPS_IN_A_ROW", 200)
     (tmp_path / "junk-0.tar").write_bytes(b"\0garbage" * 100)
     ds = ShardDataset(str(tmp_path / "junk-0.tar"), resample=True)
-    with pytest.raises(OpenVTPError, match="no readable sample"):
+    with pytest.raises(OpenVTPError, match="in a row were unreadable"):
         next(iter(ds))
+    # shards that read fine but hold only bad samples: stops too
+    bad = write_shards([{"key": f"k{i}", "image": b"junk", "caption": "x"} for i in range(50)], str(tmp_path / "b-%d.tar"))
+    with pytest.raises(OpenVTPError, match="in a row were unreadable"):
+        next(iter(ShardDataset(bad, resample=True, shuffle_buffer=1000)))
+    # a big shuffle buffer over small shards is not mistaken for unreadable shards
+    good = write_shards(_scenes(3), str(tmp_path / "g-%d.tar"))
+    assert len([s for _, s in zip(range(20), ShardDataset(good, resample=True, shuffle_buffer=1000))]) == 20
     assert list(ShardDataset(str(tmp_path / "junk-0.tar"))) == []  # one pass: just empty
+
+
+def test_skip_counts_reach_the_training_loop_from_workers(tmp_path):
+    good = _scenes(8)
+    bad = {"image": b"junk", "caption": "a broken one"}
+    samples = [good[0], dict(bad, key="x0"), good[1], good[2], good[3], dict(bad, key="x1"), dict(bad, key="x2"),
+               good[4], good[5], good[6], good[7]]
+    paths = write_shards(samples, str(tmp_path / "w-%d.tar"), maxcount=4)  # bad ones land mid-shard
+    loader = DataLoader(ShardDataset(paths, shuffle_buffer=3), batch_size=3, num_workers=2)
+    total, n = 0, 0
+    for batch in loader:
+        total += skipped_total(batch)
+        n += len(batch["key"])
+    assert (n, total) == (8, 3)

@@ -125,11 +125,17 @@ def test_two_process_first_step_equals_one_process(tmp_path):
     args = ["pretrain", "--config", "demo", *TINY, "train.steps=1", "eval.images=8", "ssl.drop_path=0"]
     one = _cli(*args, f"train.out_dir={tmp_path / 'one'}")
     assert one.wait(timeout=300) == 0, one.stderr.read()
-    two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous (port 0 is not accepted there)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                            "--master_addr=127.0.0.1", f"--master_port={port}",
                             "-m", "openvtp", *args, f"train.out_dir={tmp_path / 'two'}"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert two.wait(timeout=300) == 0, two.stderr.read()[-3000:]
+    assert two.wait(timeout=240) == 0, two.stderr.read()[-3000:]
     l1, l2 = _losses(tmp_path / "one")[1], _losses(tmp_path / "two")[1]
     assert abs(l1 - l2) < 1e-4, (l1, l2)
 

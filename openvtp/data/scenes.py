@@ -126,7 +126,13 @@ def _background(rng: np.random.Generator, kind: str, h: int, w: int, obj: np.nda
         return np.broadcast_to(c, (h, w, 3)).copy()
     if kind == "gradient":
         c0 = _background_colour(rng, obj, colour, 0.0)
-        c1 = _background_colour(rng, obj, colour, 0.0)
+        for _ in range(8):  # the whole ramp, not just its ends, must stay clear of the object colour
+            c1 = _background_colour(rng, obj, colour, 0.0)
+            t = np.clip(np.dot(obj - c0, c1 - c0) / max(float(np.dot(c1 - c0, c1 - c0)), 1e-6), 0.0, 1.0)
+            if np.linalg.norm(c0 + t * (c1 - c0) - obj) >= 100.0:
+                break
+        else:
+            c1 = c0
         theta = rng.uniform(0, 2 * math.pi)
         ys, xs = np.linspace(-0.5, 0.5, h, dtype=np.float32), np.linspace(-0.5, 0.5, w, dtype=np.float32)
         t = ys[:, None] * math.sin(theta) + xs[None, :] * math.cos(theta)  # (H, W)

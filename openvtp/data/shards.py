@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 SKIP_REASONS = ("bad_image", "missing_image", "missing_caption", "bad_caption", "empty_caption", "shard_error")
 _MAX_SKIP_WARNINGS = 5  # per worker and pass; the rest go to debug
+_MAX_SKIPS_IN_A_ROW = 10_000  # an endless (resampled) stream of only bad samples is a user error
 
 
 def _is_local(url: str) -> bool:
@@ -120,10 +121,12 @@ class ShardDataset(IterableDataset):
             counts[reason] += 1
             self.skipped[reason] += 1
             pending[0] += 1
+            if self.resample and pending[0] > _MAX_SKIPS_IN_A_ROW:
+                raise OpenVTPError(f"shards: {pending[0]} samples in a row were unreadable, last {where}")
             level = logging.WARNING if sum(counts.values()) <= _MAX_SKIP_WARNINGS else logging.DEBUG
             log.log(level, "shards: skipped %s (%s)", where, reason)
 
-        streak = [0]  # shards opened since the last good sample: resampling must not spin forever
+        streak = [0]  # shards opened since one last gave a sample: resampling must not spin forever
         if self.resample:
             shards: Iterable[str] = self._resampled(_rng(self.seed, self.epoch, reader, 0), streak)
             stride = None
@@ -142,12 +145,17 @@ class ShardDataset(IterableDataset):
 
         groups = (g for url in shards for g in _shard_groups(url, on_shard_error))
 
-        mine = (g for k, g in enumerate(groups) if stride is None or k % stride == reader)
+        def mine() -> Iterator[dict]:
+            for k, group in enumerate(groups):
+                streak[0] = 0
+                if stride is None or k % stride == reader:
+                    yield group
+
         # shuffle encoded bytes, decode after: a buffer of jpgs is far smaller than of pixels
-        for group in _shuffled(mine, self.shuffle_buffer, _rng(self.seed, self.epoch, reader, 2)):
+        for group in _shuffled(mine(), self.shuffle_buffer, _rng(self.seed, self.epoch, reader, 2)):
             sample = self._decode(group, skip)
             if sample is not None:
-                sample["skipped"], pending[0], streak[0] = pending[0], 0, 0
+                sample["skipped"], pending[0] = pending[0], 0
                 yield sample
         if counts:
             log.info("shards: reader %d/%d skipped %s", reader, readers, dict(counts))
@@ -156,7 +164,7 @@ class ShardDataset(IterableDataset):
         limit = 2 * len(self.urls) + 10
         for _ in itertools.repeat(None):
             if streak[0] > limit:
-                raise OpenVTPError(f"shards: {limit} shards in a row gave no readable sample, e.g. {self.urls[0]}")
+                raise OpenVTPError(f"shards: {limit} shards in a row were unreadable, e.g. {self.urls[0]}")
             streak[0] += 1
             yield rng.choice(self.urls)
 
