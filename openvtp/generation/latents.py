@@ -130,7 +130,8 @@ def extract_latents(
     label_fn = label_fn or _default_label
     tokenizer = tokenizer.to(info.device).eval()
     num_shards = (n + shard_size - 1) // shard_size
-    todo = [k for k in range(num_shards) if k % dist.world_size() == dist.rank() and not (out / SHARD.format(k)).is_file()]
+    mine = range(dist.rank(), num_shards, dist.world_size())
+    todo = [k for k in mine if not (out / SHARD.format(k)).is_file()]
     bar = tqdm(total=sum(min(shard_size, n - k * shard_size) for k in todo), desc="extract latents", unit="img",
                disable=not (progress and dist.is_main()))
     for k in todo:

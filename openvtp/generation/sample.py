@@ -255,7 +255,11 @@ def sample(
         else tokenizer.to(info.device).eval()
     out = Path(out_dir)
     png_dir = out / "samples"
-    png_dir.mkdir(parents=True, exist_ok=True)
+    png_dir.mkdir(parents=True, exist_ok=True) if scfg.save_png else out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main():  # parts left by a killed run
+        for f in out.glob(".part_*.npz"):
+            f.unlink()
+    dist.barrier()
 
     mine = torch.arange(len(labels))[dist.rank()::dist.world_size()]
     images, index = [], []
@@ -267,17 +271,18 @@ def sample(
                 Image.fromarray(a).save(png_dir / f"{i:06d}.png")
         images.append(arr)
         index.append(idx.numpy())
-    part = out / f".part_{dist.rank():03d}.npz"
-    np.savez(part, images=np.concatenate(images), index=np.concatenate(index))
+    if images:  # a rank may have nothing to do when there are fewer samples than ranks
+        np.savez(out / f".part_{dist.rank():03d}.npz", images=np.concatenate(images), index=np.concatenate(index))
     dist.barrier()
     npz = out / "samples.npz"
     if dist.is_main():
-        parts = [np.load(out / f".part_{r:03d}.npz") for r in range(dist.world_size())]
+        files = sorted(out.glob(".part_*.npz"))
+        parts = [dict(np.load(f)) for f in files]
         order = np.concatenate([p["index"] for p in parts])
         allimg = np.concatenate([p["images"] for p in parts])[np.argsort(order)]
         write_npz(npz, allimg, labels.numpy())
-        for r in range(dist.world_size()):
-            (out / f".part_{r:03d}.npz").unlink()
+        for f in files:
+            f.unlink()
         if scfg.grid_images:
             grid = torch.from_numpy(allimg[: scfg.grid_images]).permute(0, 3, 1, 2).float() / 255
             save_grid(grid, out / "grid.png", grid_nrow)

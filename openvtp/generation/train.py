@@ -136,7 +136,8 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
     if resume is not None:
         state = load_checkpoint(resume)
         if state.get("dit_kwargs") != kwargs:
-            raise OpenVTPError(f"{resume} was trained with model {state.get('dit_kwargs')}, this config builds {kwargs}")
+            raise OpenVTPError(f"{resume} was trained with model {state.get('dit_kwargs')}, "
+                               f"this config builds {kwargs}")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -174,7 +175,8 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
         dist.barrier()
 
     history: list[float] = []
-    bar = tqdm(total=tc.steps, initial=step, desc="train dit", unit="step", disable=not (tc.progress and dist.is_main()))
+    bar = tqdm(total=tc.steps, initial=step, desc="train dit", unit="step",
+               disable=not (tc.progress and dist.is_main()))
     t_last, step_last = time.perf_counter(), step
     for x, y in loader:
         # randomness of the whole global batch from (seed, step); this rank takes its slice
@@ -189,7 +191,8 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
         with _autocast(device, tc.precision):
             terms = loss_fn(train_model, x, y, t=t_all[sl], noise=noise_all[sl])
         terms["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+        max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")  # inf: measure only
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         update_ema(ema, model, tc.ema_decay)

@@ -42,7 +42,7 @@ def build_source(cfg: PretrainConfig, rank: int, world_size: int) -> Dataset | I
         return ShardDataset(d.path.split("::") if "::" in d.path else d.path, size=size, rank=rank,
                             world_size=world_size, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, resample=True)
     if d.captions:
-        return CaptionFolder(d.path, d.captions, size=size)
+        return CaptionFolder(d.captions, root=d.path, size=size)
     return ClassFolder(d.path, size=size)
 
 
