@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from openvtp.models import VTPConfig, VTPModel
-from openvtp.models.tokenizer import tokenize
+from openvtp.data.text import tokenize
 
 from .conftest import CONFORMANCE
 

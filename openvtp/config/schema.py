@@ -21,7 +21,6 @@ class DataConfig:
     photo_fraction: float = 0.1     # embedded: share of real photographs among the procedural scenes
     workers: int = 0                # DataLoader worker processes
     shuffle_buffer: int = 1000      # shards
-    max_skip_fraction: float = 0.5  # stop when more than this share of samples is unreadable
 
 
 @dataclass
@@ -103,7 +102,6 @@ class TrainConfig:
     max_bad_steps: int = 5          # consecutive non-finite losses before the run stops
     resume: str = ""                # '' | latest | path to a checkpoint directory
     time_limit_s: float = 0.0       # stop (and checkpoint) after this long; 0: no limit
-    compile: bool = False
 
 
 @dataclass

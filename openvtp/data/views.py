@@ -15,8 +15,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from openvtp.constants import IMAGENET_MEAN, IMAGENET_STD
 _BICUBIC = InterpolationMode.BICUBIC
 
 # Stream ids, so objectives that see the same sample at the same step draw independent views.

@@ -12,8 +12,7 @@ from safetensors.torch import load_file
 
 from openvtp.errors import OpenVTPError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from openvtp.constants import IMAGENET_MEAN, IMAGENET_STD
 
 # ImageNet weights of the torchvision trunk that lpips' `pnet_rand=False` would download
 _TRUNK_WEIGHTS = {

@@ -94,7 +94,6 @@ class VTPConfig:
         need(self.text_embed_dim % self.text_num_heads == 0, "text_embed_dim must be a multiple of text_num_heads")
         need(self.vision_patch_size > 0, "vision_patch_size must be positive")
         need(self.vision_feature_bottleneck > 0, "vision_feature_bottleneck must be positive")
-        need(self.train_clip or self.train_reconstruction or True, "")
         need(self.vision_norm_layer in NORM_LAYERS, f"vision_norm_layer must be one of {NORM_LAYERS}")
         need(self.decoder_norm_layer in NORM_LAYERS, f"decoder_norm_layer must be one of {NORM_LAYERS}")
         need(self.vision_ffn_layer in FFN_LAYERS, f"vision_ffn_layer must be one of {FFN_LAYERS}")

@@ -18,17 +18,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from openvtp.constants import IMAGENET_MEAN, IMAGENET_STD
+from openvtp.data.text import tokenize
 from openvtp.errors import OpenVTPError
 
 from .config import VTPConfig
 from .io import CONFIG_NAME, check_state_dict, read_state_dict, resolve_model_dir, write_model_dir
 from .pixel_decoder import PixelDecoder
 from .text import TextTransformer
-from .tokenizer import tokenize
 from .vit import VisionTrunk
 
 # Parts of the model, by state-dict prefix, for parameter counts and freezing.
 TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "text_transformer.", "ln_final.", "text_projection")
+# Everything only the contrastive objective trains.
+CLIP_PREFIXES = TEXT_PREFIXES + ("visual_proj.", "logit_scale", "logit_bias")
 
 
 class VTPModel(nn.Module):

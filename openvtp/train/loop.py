@@ -112,8 +112,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     def checkpoint(at: int) -> None:
         if main:
             save_checkpoint(out, at, {"task": task.state_dict(), "optimizer": opt.state_dict(), "step": at,
-                                      "config": config_to_dict(cfg),
-                                      "rng": {"torch": torch.get_rng_state()}}, config_yaml, cfg.train.keep_last)
+                                      "config": config_to_dict(cfg)}, config_yaml, cfg.train.keep_last)
         dist.barrier()
 
     for batch in loader:

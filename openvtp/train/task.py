@@ -10,6 +10,7 @@ from torch import nn
 
 from openvtp.config.schema import PretrainConfig
 from openvtp.models import VTPModel
+from openvtp.models.vtp import CLIP_PREFIXES
 
 from .objectives import ClipObjective, ReconObjective, SSLObjective
 
@@ -20,15 +21,13 @@ class PretrainTask(nn.Module):
         self.model = model
         self.weights = {"clip": cfg.clip.weight, "ssl": cfg.ssl.weight, "rec": cfg.recon.weight}
         self.clip = ClipObjective(cfg.clip) if cfg.clip.weight > 0 else None
-        self.ssl = SSLObjective(cfg.ssl, model, cfg.train.steps) if cfg.ssl.weight > 0 else None
+        self.ssl = SSLObjective(cfg.ssl, model) if cfg.ssl.weight > 0 else None
         self.rec = ReconObjective(cfg.recon) if cfg.recon.weight > 0 else None
         # parts no objective trains are frozen, so DDP does not wait for their gradients
-        if self.clip is None and model.config.train_clip:
+        if self.clip is None:
             for name, p in model.named_parameters():
-                if not name.startswith("trunk."):
-                    if name.startswith(("visual_proj", "token_embedding", "positional_embedding", "text_",
-                                        "ln_final", "logit_")):
-                        p.requires_grad_(False)
+                if name.startswith(CLIP_PREFIXES):
+                    p.requires_grad_(False)
         if self.rec is None and model.pixel_decoder is not None:
             model.pixel_decoder.requires_grad_(False)
 

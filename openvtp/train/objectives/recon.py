@@ -24,7 +24,3 @@ class ReconObjective(nn.Module):
         recon = model.pixel_decoder(latents)
         terms = self.loss(recon, images)
         return {"rec_loss": terms["loss"], "rec_l1": terms["l1"].detach(), "rec_lpips": terms["lpips"].detach()}
-
-    @torch.no_grad()
-    def reconstruct(self, model: VTPModel, images: torch.Tensor) -> torch.Tensor:
-        return model.get_latents_decoded_images(model.get_reconstruction_latents(images))

@@ -28,9 +28,9 @@ def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 class SSLObjective(nn.Module):
-    def __init__(self, cfg: SSLConfig, model: VTPModel, total_steps: int):
+    def __init__(self, cfg: SSLConfig, model: VTPModel):
         super().__init__()
-        self.cfg, self.total_steps = cfg, total_steps
+        self.cfg = cfg
         dim = model.config.vision_embed_dim
         self.head = DinoHead(dim, cfg.prototypes, cfg.head_hidden, cfg.head_bottleneck)
         # frozen (requires_grad False): checkpointed with the task, never optimised, ignored by DDP
