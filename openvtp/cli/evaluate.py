@@ -1,0 +1,5 @@
+"""evaluate commands (being written)."""
+
+
+def register(sub) -> None:
+    """Adds no commands yet."""

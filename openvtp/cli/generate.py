@@ -1,0 +1,5 @@
+"""generate commands (being written)."""
+
+
+def register(sub) -> None:
+    """Adds no commands yet."""
