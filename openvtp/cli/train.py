@@ -38,6 +38,16 @@ def cmd_demo(args) -> None:
     print(f"  summary: {Path(args.out) / 'summary.json'}  tensorboard: {Path(args.out) / 'tensorboard'}")
 
 
+def cmd_finetune_decoder(args) -> None:
+    from openvtp.config.load import load_config
+    from openvtp.config.schema import FinetuneDecoderConfig
+    from openvtp.train.decoder_finetune import finetune_decoder
+
+    summary = finetune_decoder(load_config(FinetuneDecoderConfig, args.config, [f"init={args.model}", *args.overrides]))
+    if summary:
+        print(json.dumps(summary, indent=2))
+
+
 def register(sub) -> None:
     p = sub.add_parser("pretrain", help="pre-train a VTP tokenizer (torchrun for several processes)")
     p.add_argument("--config", required=True, help="preset name (demo, vtp-s, vtp-b, vtp-l) or YAML file")
@@ -48,3 +58,9 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the demo preset")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("finetune-decoder", help="stage 2: freeze the encoder, fine-tune the decoder with L1 + LPIPS + GAN")
+    p.add_argument("model", help="stage-1 tokenizer: pretrain run folder, model folder or hub id")
+    p.add_argument("--config", default="decoder-demo", help="preset name (decoder-demo) or YAML file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. gan.start_step=500 train.steps=2000")
+    p.set_defaults(func=cmd_finetune_decoder)

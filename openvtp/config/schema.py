@@ -116,6 +116,58 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass
+class DecoderLossConfig:
+    l1_weight: float = 1.0
+    lpips_weight: float = 1.0
+    lpips_backbone: str = "pretrained"   # pretrained | random | path to VGG weights
+
+
+@dataclass
+class GANConfig:
+    weight: float = 0.5             # discriminator weight, times VQGAN's adaptive weight
+    start_step: int = 5000          # the adversarial terms switch on here (the decoder warms up on L1 + LPIPS)
+    adaptive: bool = True           # balance the GAN gradient against the reconstruction one at the last layer
+    max_adaptive_weight: float = 1e4
+    disc_channels: int = 64
+    disc_layers: int = 3
+    disc_lr: float = 0.0            # 0: optim.lr
+    disc_betas: tuple[float, float] = (0.5, 0.9)
+
+
+@dataclass
+class FinetuneDecoderConfig:
+    """Stage 2: the encoder and bottleneck are frozen; only the pixel decoder (and a discriminator) learn."""
+
+    init: str = ""                  # stage-1 tokenizer: from_pretrained folder, pretrain run folder, or hub id
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: DecoderLossConfig = field(default_factory=DecoderLossConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=500, weight_decay=0.0))
+    eval: EvalDuringTraining = field(default_factory=EvalDuringTraining)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=20000, batch=256, out_dir="runs/decoder"))
+
+
+def validate_finetune(cfg: FinetuneDecoderConfig, world_size: int = 1) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise OpenVTPError(f"config: {msg}")
+
+    t = cfg.train
+    need(bool(cfg.init), "init (the stage-1 tokenizer to fine-tune) is required")
+    need(t.steps > 0, "train.steps must be positive")
+    need(t.batch > 0 and t.batch % world_size == 0, f"train.batch {t.batch} is not divisible by the world size {world_size}")
+    need(cfg.optim.accum_steps == 1, "optim.accum_steps must be 1 for decoder fine-tuning")
+    need(cfg.loss.l1_weight >= 0 and cfg.loss.lpips_weight >= 0 and cfg.gan.weight >= 0, "loss weights must be >= 0")
+    need(cfg.loss.l1_weight > 0 or cfg.loss.lpips_weight > 0, "loss.l1_weight or loss.lpips_weight must be > 0")
+    need(cfg.gan.start_step >= 0, "gan.start_step must be >= 0")
+    need(cfg.gan.disc_layers >= 1 and cfg.gan.disc_channels > 0, "gan.disc_layers and gan.disc_channels must be positive")
+    need(t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
+    need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
+    need(cfg.data.source in ("embedded", "shards", "folder"), "data.source must be embedded, shards or folder")
+    need(cfg.data.source == "embedded" or cfg.data.path, f"data.path is required for data.source={cfg.data.source}")
+
+
 def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     """Impossible configs fail here, before any data or model is built."""
     def need(cond: bool, msg: str) -> None:

@@ -16,7 +16,7 @@ log = logging.getLogger("openvtp.train")
 class RunLogger:
     """Rank 0 logs; on other ranks every method is a no-op."""
 
-    def __init__(self, out: Path, cfg: PretrainConfig, start_step: int, enabled: bool = True):
+    def __init__(self, out: Path, cfg: PretrainConfig, start_step: int, enabled: bool = True, desc: str = "pretrain"):
         self.out, self.cfg, self.enabled = out, cfg, enabled
         self.history: list[dict] = []
         self.t0 = time.time()
@@ -31,7 +31,7 @@ class RunLogger:
             self.history = [r for r in lines if r["step"] <= start_step]
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None)
-        self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc="pretrain", dynamic_ncols=True,
+        self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc=desc, dynamic_ncols=True,
                         mininterval=2.0)
         self.skipped = 0.0
 
@@ -102,15 +102,24 @@ class RunLogger:
         fig.savefig(path, dpi=100)
         plt.close(fig)
 
-    def finish(self, model, cfg: PretrainConfig, steps_done: int) -> dict:
+    def finish_basic(self, steps_done: int) -> dict:
+        """Close the bar, draw the loss curves; the summary's common part."""
         self.bar.close()
         self.plot_losses(self.out / "loss_curves.png")
         summary: dict = {"steps": steps_done, "train_time_s": round(time.time() - self.t0, 1),
-                         "objectives": {k: w for k, w in (("clip", cfg.clip.weight), ("ssl", cfg.ssl.weight),
-                                                          ("rec", cfg.recon.weight)) if w > 0},
                          "tokenizer": str(self.out / "tokenizer")}
         if self.history:
             summary["final_losses"] = {k: v for k, v in self.history[-1].items() if k.endswith("_loss") or k == "loss"}
+        return summary
+
+    def write_summary(self, summary: dict) -> None:
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.tb.close()
+
+    def finish(self, model, cfg: PretrainConfig, steps_done: int) -> dict:
+        summary = self.finish_basic(steps_done)
+        summary["objectives"] = {k: w for k, w in (("clip", cfg.clip.weight), ("ssl", cfg.ssl.weight),
+                                                   ("rec", cfg.recon.weight)) if w > 0}
         if cfg.data.source == "embedded":
             from openvtp.eval.embedded import embedded_eval, embedded_recon_examples
             from openvtp.eval.plots import image_grid
@@ -120,6 +129,5 @@ class RunLogger:
             image_grid(orig, rec, self.out / "reconstructions.png", nrow=4)
             for k, v in summary["heldout"].items():
                 self.tb.add_scalar(f"eval/{k}", v, steps_done)
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        self.tb.close()
+        self.write_summary(summary)
         return summary

@@ -37,7 +37,8 @@ class RopeEmbedding(nn.Module):
     def forward(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(sin, cos), each (h*w, head_dim) in bf16, tokens row-major; cached per grid."""
         p = self.periods
-        key = (h, w, p.device, p._version, p.data_ptr())
+        # tables made under inference_mode cannot enter autograd: they are cached apart
+        key = (h, w, p.device, p._version, p.data_ptr(), torch.is_inference_mode_enabled())
         tables = self._tables.get(key)
         if tables is None:
             if len(self._tables) > 16:

@@ -1,0 +1,77 @@
+"""Stage 2 (`openvtp finetune-decoder`): frozen encoder, decoder + PatchGAN, delayed start, exact resume."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from openvtp.config.load import load_config
+from openvtp.config.schema import FinetuneDecoderConfig
+from openvtp.errors import OpenVTPError
+from openvtp.models import VTPConfig, VTPModel
+from openvtp.train.decoder_finetune import finetune_decoder
+
+SMALL = dict(image_size=32, vision_patch_size=8, vision_embed_dim=32, vision_depth=2, vision_num_heads=2,
+             vision_feature_bottleneck=8, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
+             text_embed_dim=32, text_depth=1, text_num_heads=2)
+RUN = ["train.batch=4", "data.workers=0", "train.log_every=1", "train.image_every=0", "eval.images=8",
+       "optim.warmup_steps=1", "gan.disc_channels=8", "gan.disc_layers=2"]
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stage1") / "tokenizer"
+    torch.manual_seed(0)
+    VTPModel(VTPConfig.from_dict(SMALL)).save_pretrained(path)
+    return path
+
+
+def _config(stage1, out, *extra) -> FinetuneDecoderConfig:
+    return load_config(FinetuneDecoderConfig, "decoder-demo", [f"init={stage1}", f"train.out_dir={out}", *RUN, *extra])
+
+
+def _metrics(run) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_only_the_decoder_changes_and_the_gan_starts_late(stage1, tmp_path):
+    summary = finetune_decoder(_config(stage1, tmp_path, "train.steps=4", "gan.start_step=2"))
+    before, after = VTPModel.from_pretrained(stage1), VTPModel.from_pretrained(tmp_path / "tokenizer")
+    a, b = before.state_dict(), after.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all(k.startswith("pixel_decoder.") for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("pixel_decoder.proj_out") for k in changed)
+    rows = _metrics(tmp_path)
+    assert "d_loss" not in rows[1] and "d_loss" not in rows[2]  # steps 0 and 1: before gan.start_step
+    assert "d_loss" in rows[3] and rows[3]["adaptive_weight"] > 0
+    assert summary["heldout"]["images"] == 8 and summary["heldout"]["psnr"] > 0
+    assert (tmp_path / "reconstructions.png").is_file() and (tmp_path / "loss_curves.png").is_file()
+
+
+def test_resume_continues_with_the_same_losses(stage1, tmp_path):
+    args = ["train.steps=4", "gan.start_step=1", "train.ckpt_every=2"]
+    finetune_decoder(_config(stage1, tmp_path / "a", *args))
+    run = tmp_path / "b"
+    finetune_decoder(_config(stage1, run, *args))
+    shutil.rmtree(run / "checkpoints" / "step_0000004")  # as if killed after the step-2 checkpoint
+    finetune_decoder(_config(stage1, run, *args, "train.resume=latest"))
+    a, b = _metrics(tmp_path / "a"), _metrics(run)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in (3, 4):
+        for key in ("loss", "d_loss", "rec_l1"):
+            assert abs(a[step][key] - b[step][key]) < 1e-5, (step, key, a[step][key], b[step][key])
+
+
+def test_bad_inputs_are_one_line_errors(stage1, tmp_path):
+    no_decoder = tmp_path / "no_decoder"
+    VTPModel(VTPConfig.from_dict({**SMALL, "train_reconstruction": False})).save_pretrained(no_decoder)
+    with pytest.raises(OpenVTPError, match="no pixel decoder"):
+        finetune_decoder(_config(no_decoder, tmp_path / "x", "train.steps=1"))
+    with pytest.raises(OpenVTPError, match="accum_steps"):
+        finetune_decoder(_config(stage1, tmp_path / "y", "optim.accum_steps=2"))
+    res = subprocess.run([sys.executable, "-m", "openvtp", "finetune-decoder", str(tmp_path / "missing"),
+                          f"train.out_dir={tmp_path / 'z'}"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "missing" in res.stderr
