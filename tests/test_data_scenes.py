@@ -147,3 +147,15 @@ def test_mixture():
     assert all(only.locate(i)[0] == 1 for i in range(50))
     with pytest.raises(OpenVTPError):
         Mixture([scenes, photos], weights=[1.0])
+
+
+def test_colour_groups_give_hard_negative_batches():
+    grouped = CaptionedScenes(size=16, length=400, group_size=50, colours_per_group=2)
+    for g in range(4):
+        colours = {grouped[i]["colour"] for i in range(g * 50, (g + 1) * 50)}
+        assert len(colours) <= 2
+        assert len({grouped[i]["shape"] for i in range(g * 50, (g + 1) * 50)}) >= 4  # shapes still vary
+    assert len({grouped[i]["colour"] for i in range(400)}) >= 5  # groups differ
+    assert all((s["shape"], s["colour"]) not in UNSEEN_IDS for s in (grouped[i] for i in range(400)))
+    plain = CaptionedScenes(size=16, length=10)
+    assert torch.equal(plain[3]["image"], CaptionedScenes(size=16, length=10, group_size=5)[3]["image"])

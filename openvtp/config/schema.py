@@ -19,6 +19,7 @@ class DataConfig:
     path: str = ""                  # shards: brace pattern / list joined by '::'; folder: root
     captions: str = ""              # folder: CSV/JSONL file of (file, caption); empty: class folder names
     photo_fraction: float = 0.1     # embedded: share of real photographs among the procedural scenes
+    colours_per_batch: int = 0      # embedded: >0 draws each step's scenes from this many colours (hard negatives)
     workers: int = 0                # DataLoader worker processes
     shuffle_buffer: int = 1000      # shards
 
@@ -204,3 +205,4 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     need(cfg.data.source in ("embedded", "shards", "folder"), "data.source must be embedded, shards or folder")
     need(cfg.data.source == "embedded" or cfg.data.path, f"data.path is required for data.source={cfg.data.source}")
     need(0 <= cfg.data.photo_fraction <= 1, "data.photo_fraction must be in [0, 1]")
+    need(0 <= cfg.data.colours_per_batch <= 7, "data.colours_per_batch must be in 0..7 (0: every colour)")

@@ -22,6 +22,8 @@ class Mixture(Dataset):
         weights: non-negative, not all zero; normalised here. Default: equal.
         length: default: the sum of the dataset lengths.
         keys: keys to keep, e.g. ("image", "caption", "key"); None keeps all.
+        keep_index: read item i of the chosen dataset at i (mod its length) instead of a random
+            index, so datasets whose items depend on their index's neighbourhood keep it.
     """
 
     def __init__(
@@ -31,6 +33,7 @@ class Mixture(Dataset):
         seed: int = 0,
         length: int | None = None,
         keys: Sequence[str] | None = None,
+        keep_index: bool = False,
     ):
         if not datasets:
             raise OpenVTPError("mixture: needs at least one dataset")
@@ -49,6 +52,7 @@ class Mixture(Dataset):
         self.seed = int(seed)
         self.length = sum(len(d) for d in datasets) if length is None else int(length)
         self.keys = None if keys is None else tuple(keys)
+        self.keep_index = keep_index
 
     def __len__(self) -> int:
         return self.length
@@ -57,7 +61,8 @@ class Mixture(Dataset):
         """(dataset position, index inside it) of mixture item `index`."""
         rng = np.random.default_rng([self.seed, index])
         j = min(int(np.searchsorted(self._cdf, rng.random(), side="right")), len(self.datasets) - 1)
-        return j, int(rng.integers(len(self.datasets[j])))
+        n = len(self.datasets[j])
+        return j, index % n if self.keep_index else int(rng.integers(n))
 
     def __getitem__(self, index: int) -> dict:
         if index < 0:

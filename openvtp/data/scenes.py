@@ -288,6 +288,10 @@ class CaptionedScenes(Dataset):
         size: output side, or (height, width).
         length: number of samples; default 50k for train, 2k for heldout.
         heldout_pairs: "unseen" or "all" (every pair, still from the held-out stream).
+        group_size, colours_per_group: with both > 0, consecutive blocks of `group_size` indices
+            draw their pairs from `colours_per_group` random colours only. Read with the block
+            equal to the contrastive batch, every batch then holds many objects of one colour
+            and different shapes: hard negatives that colour alone cannot separate.
     """
 
     def __init__(
@@ -297,6 +301,8 @@ class CaptionedScenes(Dataset):
         length: int | None = None,
         seed: int = 0,
         heldout_pairs: str = "unseen",
+        group_size: int = 0,
+        colours_per_group: int = 0,
     ):
         if split not in _SPLITS:
             raise OpenVTPError(f"scenes: split must be one of {sorted(_SPLITS)}, got {split!r}")
@@ -313,6 +319,17 @@ class CaptionedScenes(Dataset):
             self.pairs = SEEN_IDS
         else:
             self.pairs = tuple(sorted(UNSEEN_IDS)) if heldout_pairs == "unseen" else ALL_IDS
+        if group_size < 0 or not 0 <= colours_per_group <= len(COLOURS):
+            raise OpenVTPError(f"scenes: need group_size >= 0 and 0 <= colours_per_group <= {len(COLOURS)}")
+        self.group_size, self.colours_per_group = int(group_size), int(colours_per_group)
+
+    def pairs_for(self, index: int) -> tuple[tuple[int, int], ...]:
+        """The (shape, colour) pairs item `index` draws from."""
+        if not (self.group_size and self.colours_per_group):
+            return self.pairs
+        rng = np.random.default_rng([self.seed, _SPLITS[self.split], 2, index // self.group_size])
+        colours = set(rng.choice(len(COLOURS), self.colours_per_group, replace=False).tolist())
+        return tuple(p for p in self.pairs if p[1] in colours)
 
     def __len__(self) -> int:
         return self.length
@@ -322,4 +339,4 @@ class CaptionedScenes(Dataset):
             index += self.length
         if not 0 <= index < self.length:
             raise IndexError(f"scene index {index} out of range for length {self.length}")
-        return render_scene(self.seed, self.split, int(index), self.size, self.pairs)
+        return render_scene(self.seed, self.split, int(index), self.size, self.pairs_for(int(index)))

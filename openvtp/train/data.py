@@ -32,12 +32,14 @@ EMBEDDED_LENGTH = 10**9  # procedural scenes never repeat within a run
 def build_source(cfg: PretrainConfig, rank: int, world_size: int) -> Dataset | IterableDataset:
     d, size = cfg.data, cfg.model.image_size
     if d.source == "embedded":
-        scenes = CaptionedScenes("train", size=size, length=EMBEDDED_LENGTH, seed=cfg.train.seed)
+        # item step * B + p is read at that index, so a group of B indices is one step's batch
+        scenes = CaptionedScenes("train", size=size, length=EMBEDDED_LENGTH, seed=cfg.train.seed,
+                                 group_size=cfg.train.batch, colours_per_group=d.colours_per_batch)
         if d.photo_fraction <= 0:
             return scenes
         photos = NaturalPhotos(size=size, length=100_000, seed=cfg.train.seed)
         return Mixture([scenes, photos], [1 - d.photo_fraction, d.photo_fraction], seed=cfg.train.seed,
-                       length=EMBEDDED_LENGTH, keys=("image", "caption", "key"))
+                       length=EMBEDDED_LENGTH, keys=("image", "caption", "key"), keep_index=d.colours_per_batch > 0)
     if d.source == "shards":
         return ShardDataset(d.path.split("::") if "::" in d.path else d.path, size=size, rank=rank,
                             world_size=world_size, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, resample=True)
