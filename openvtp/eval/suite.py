@@ -1,0 +1,509 @@
+"""The evaluation suite behind `openvtp eval`: run the requested tasks of one or more tokenizers on one data set.
+
+Tasks: `zeroshot` (CLIP zero-shot top-1/5 per label set), `linprobe` (linear-simple on the last-layer CLS and on the
+pooled bottleneck latent; DINOv2's linear protocol), `knn` (k=20, cosine, exp(sim/T) votes), `retrieval`
+(recall@1/5/10 both ways) and `recon` (PSNR, SSIM, LPIPS, rFID, next to the flat-patch PSNR baseline).
+Every number comes with its protocol (data, split, images, resolution, preprocessing, features, templates, ...).
+A task a model cannot do, or data that cannot support it, is an entry with `skipped` and the reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from openvtp.errors import OpenVTPError
+
+from .datasets import DEFAULT_PREPROCESS, PREPROCESS_METHODS, PREPROCESS_NAMES, EvalData, EvalSet, open_data
+from .extract import LoadedModel, autocast, cached_pass, pass_compute, quantise
+
+log = logging.getLogger(__name__)
+
+TASKS = ("zeroshot", "linprobe", "knn", "retrieval", "recon")
+GROUP = {"zeroshot": "zeroshot", "retrieval": "retrieval", "linprobe": "probe", "knn": "probe", "recon": "recon"}
+LINPROBE_PROTOCOLS = ("simple", "dinov2")
+
+
+@dataclass
+class EvalOptions:
+    """Everything `openvtp eval` can change; the defaults are the released protocols."""
+
+    tasks: tuple[str, ...] = TASKS
+    size: int | None = None  # default: each model's config.image_size
+    preprocess: dict[str, str] = field(default_factory=dict)  # {"recon"|"zeroshot"|"retrieval"|"probe": method}
+    crop_pct: float = 0.875
+    limit: int | None = None
+    train_limit: int | None = None
+    train_data: str | None = None
+    classnames: str | None = None
+    templates: str | None = None
+    linprobe: tuple[str, ...] = LINPROBE_PROTOCOLS
+    probe_epochs: int = 10
+    probe_batch: int | None = None  # default: 1024 (DINOv2), smaller on small sets (see probe_batch_size)
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    fid_weights: str = "auto"  # auto | random | none | path
+    lpips: str = "auto"  # auto | random | none
+    batch_size: int = 64
+    workers: int | None = None
+    chunk_size: int = 1024
+    grid: int = 8
+    device: str = "auto"
+    progress: bool = True
+    cache_dir: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise OpenVTPError(f"unknown task {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(TASKS)}")
+        for group, method in self.preprocess.items():
+            if group not in DEFAULT_PREPROCESS:
+                raise OpenVTPError(f"--preprocess: unknown task group {group!r}; use {', '.join(DEFAULT_PREPROCESS)}")
+            if method not in PREPROCESS_METHODS:
+                raise OpenVTPError(f"--preprocess {group}={method}: choose from {', '.join(PREPROCESS_METHODS)}")
+        bad = [p for p in self.linprobe if p not in LINPROBE_PROTOCOLS]
+        if bad or not self.linprobe:
+            raise OpenVTPError(f"--linprobe: unknown protocol {bad[0] if bad else '(none)'!r}; "
+                               f"choose from {', '.join(LINPROBE_PROTOCOLS)}")
+        if not 0 < self.crop_pct <= 1:
+            raise OpenVTPError(f"--crop-pct must be in (0, 1], got {self.crop_pct}")
+        for name in ("batch_size", "chunk_size", "knn_k", "probe_epochs"):
+            if getattr(self, name) <= 0:
+                raise OpenVTPError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.probe_batch is not None and self.probe_batch <= 0:
+            raise OpenVTPError(f"--probe-batch must be positive, got {self.probe_batch}")
+        if self.lpips not in ("auto", "random", "none"):
+            raise OpenVTPError(f"--lpips must be auto, random or none, got {self.lpips!r}")
+        if self.fid_weights not in ("auto", "random", "none") and not Path(self.fid_weights).is_file():
+            raise OpenVTPError(f"--fid-weights: file not found: {self.fid_weights} (or use auto, random, none)")
+
+
+def probe_batch_size(n_train: int, requested: int | None) -> int:
+    """DINOv2's 1024, or n/20 on sets under ~20k images so that an epoch still has about 20 steps."""
+    if requested is not None:
+        return min(requested, n_train)
+    return max(1, min(1024, max(16, n_train // 20), n_train))
+
+
+def entry(task: str, name: str, metrics: dict | None = None, protocol: dict | None = None,
+          skipped: str | None = None, **extra) -> dict:
+    out = {"task": task, "name": name}
+    if skipped is not None:
+        out["skipped"] = skipped
+    else:
+        out["metrics"] = metrics
+        out["protocol"] = protocol
+    return out | extra
+
+
+class Suite:
+    """Runs the tasks for each model on one `--data`; the data is opened once per resolution."""
+
+    def __init__(self, data_spec: str, opts: EvalOptions, out_dir: str | Path):
+        self.spec, self.opts, self.out = data_spec, opts, Path(out_dir)
+        self.cache_root = Path(opts.cache_dir) if opts.cache_dir else self.out / "cache"
+        self._data: dict[int, EvalData] = {}
+        self._metric_nets = None
+
+    # ------------------------------------------------------------------ data and helpers
+    def data_for(self, size: int) -> EvalData:
+        if size not in self._data:
+            o = self.opts
+            self._data[size] = open_data(self.spec, size, o.train_data, o.limit, o.train_limit, o.classnames,
+                                         o.templates, o.seed)
+        return self._data[size]
+
+    def method(self, data: EvalData, group: str) -> str:
+        return self.opts.preprocess.get(group, data.default_preprocess[group])
+
+    def workers(self, data: EvalData) -> int:
+        if data.kind == "embedded scenes":  # already in memory
+            return 0
+        return self.opts.workers if self.opts.workers is not None else min(8, max(0, (os.cpu_count() or 1) - 1))
+
+    def preprocessing(self, data: EvalData, method: str, size: int) -> str:
+        if method == "none" and data.kind == "embedded scenes":
+            return f"none: scenes rendered at {size} px"
+        text = PREPROCESS_NAMES[method]
+        return text.replace("crop_pct", f"crop_pct {self.opts.crop_pct}") if method == "crop" else text
+
+    def run_pass(self, lm: LoadedModel, data: EvalData, es: EvalSet, method: str, kinds: set[str]):
+        """One cached pass over `es` computing what `kinds` ("features", "recon") need."""
+        o = self.opts
+        meta = {"kinds": sorted(kinds), "model": lm.fingerprint, "data": es.fingerprint, "split": es.split,
+                "size": lm.size, "preprocess": method, "crop_pct": o.crop_pct if method == "crop" else None}
+        lp = inc = None
+        if "recon" in kinds:
+            lp, inc, fid_id, _ = self.metric_nets(lm.device)
+            meta |= {"lpips": o.lpips if lp is not None else None, "fid": fid_id}
+        compute = pass_compute(lm, "features" in kinds, "recon" in kinds, lp, inc)
+        return cached_pass(self.cache_root / lm.name, meta, es, lm.size, method, o.crop_pct, compute, o.batch_size,
+                           self.workers(data), o.chunk_size, o.progress,
+                           f"{lm.name} {'+'.join(sorted(kinds))} {es.split}/{method}")
+
+    def base_protocol(self, data: EvalData, es: EvalSet, lm: LoadedModel, method: str, kept: int) -> dict:
+        return {"dataset": data.name, "data_kind": data.kind, "split": es.split, "images": kept,
+                "skipped_images": len(es) - kept, "resolution": lm.size,
+                "preprocessing": self.preprocessing(data, method, lm.size)}
+
+    # ------------------------------------------------------------------ metric networks (shared by all models)
+    def metric_nets(self, device: torch.device):
+        """(lpips net | None, inception | None, fid weights id, {metric: skip reason})."""
+        if self._metric_nets is None:
+            from .fid import InceptionFeatures
+            from .recon_metrics import build_lpips
+
+            o, skipped, lp, inc, fid_id = self.opts, {}, None, None, None
+            if o.lpips == "none":
+                skipped["lpips"] = "turned off (--lpips none)"
+            else:
+                try:
+                    lp = build_lpips("pretrained" if o.lpips == "auto" else "random").to(device)
+                except OpenVTPError as e:
+                    skipped["lpips"] = f"{e} (or --lpips random for a meaningless offline number)"
+            if o.fid_weights == "none":
+                skipped["rfid"] = "turned off (--fid-weights none)"
+            else:
+                try:
+                    inc = InceptionFeatures(o.fid_weights, device=device, batch_size=o.batch_size, progress=False)
+                    fid_id = o.fid_weights if o.fid_weights != "auto" else "torch-fidelity inception-2015-12-05"
+                except OpenVTPError as e:
+                    skipped["rfid"] = f"{e} (or --fid-weights PATH)"
+            self._metric_nets = (lp, inc, fid_id, skipped)
+        return self._metric_nets
+
+    # ------------------------------------------------------------------ one model
+    def run(self, lm: LoadedModel) -> list[dict] | None:
+        """All requested tasks for one model: a list of result entries (None on torchrun ranks other than 0)."""
+        from openvtp.train import dist
+
+        data = self.data_for(lm.size)
+        tasks = [t for t in TASKS if t in self.opts.tasks]
+        plans, entries = self.plan(lm, data, tasks)
+
+        # every pass first, on every rank (torchrun splits the chunks); then the tasks on rank 0
+        results = {key: self.run_pass(lm, data, es, method, kinds) for key, (es, method, kinds) in plans.items()}
+        if not dist.is_main():
+            return None
+
+        out = []
+        for task, name, reason, args in entries:
+            if reason is not None:
+                out.append(entry(task, name, skipped=reason))
+                continue
+            new = getattr(self, f"task_{task}")(lm, data, results, *args)
+            out.extend(new)
+            for e in new:
+                log.info("%s  %-28s %s", lm.name, e["name"], _short(e))
+        return out
+
+    def plan(self, lm: LoadedModel, data: EvalData, tasks: list[str]):
+        """Which passes are needed, and the entries to produce: (task, name, skip reason or None, args)."""
+        plans, entries = {}, []
+        test, train = data.test, data.train
+        text_reason = None
+        if not lm.has_text:
+            text_reason = "model has no text tower (train_clip is false)"
+        elif lm.model.config.text_vocab_size < 49408:
+            text_reason = (f"text vocabulary has {lm.model.config.text_vocab_size} tokens, fewer than the 49408 of the "
+                           "BPE tokenizer the text tower expects")
+
+        def need(split_set: EvalSet, group: str, kind: str = "features"):
+            """Passes are shared by the tasks that read the same split with the same preprocessing."""
+            method = self.method(data, group)
+            key = (split_set.split, method)
+            plans.setdefault(key, (split_set, method, set()))[2].add(kind)
+            return key
+
+        for task in tasks:
+            if task == "zeroshot":
+                named = {k: ls for k, ls in test.labelsets.items() if ls.classnames}
+                if not test.labelsets:
+                    entries.append((task, task, f"{data.name} has no labels", ()))
+                elif not named:
+                    entries.append((task, task, "no class names: pass --classnames FILE", ()))
+                for k in named:
+                    if text_reason:
+                        entries.append((task, f"{task}/{k}", text_reason, ()))
+                    else:
+                        entries.append((task, f"{task}/{k}", None, (k, need(test, "zeroshot"))))
+            elif task == "retrieval":
+                if test.captions is None:
+                    entries.append((task, task, f"{data.name} has no captions", ()))
+                else:
+                    entries.append((task, task, text_reason, () if text_reason else (need(test, "retrieval"),)))
+            elif task in ("linprobe", "knn"):
+                if train is None:
+                    entries.append((task, task, f"{data.name} has no train split for the probes "
+                                                "(use a folder with train/ and val/, or --train-data)", ()))
+                    continue
+                shared = [k for k in test.labelsets if k in train.labelsets]
+                if not shared:
+                    entries.append((task, task, f"{data.name} has no labels in both splits", ()))
+                for k in shared:
+                    keys = (need(train, "probe"), need(test, "probe"))
+                    if task == "knn":
+                        entries.append((task, f"knn/{k}", None, (k, *keys)))
+                    else:
+                        for proto in self.opts.linprobe:
+                            entries.append((task, f"linprobe/{k}/{proto}", None, (k, proto, *keys)))
+            elif task == "recon":
+                if not lm.has_decoder:
+                    entries.append((task, task, "model has no pixel decoder (train_reconstruction is false)", ()))
+                else:
+                    entries.append((task, task, None, (need(test, "recon", "recon"),)))
+        return plans, entries
+
+    # ------------------------------------------------------------------ tasks
+    def task_zeroshot(self, lm, data, results, labelset, key):
+        from .zero_shot import build_zero_shot_classifier, zero_shot_accuracy
+
+        feats, positions = results[key]
+        ls = data.test.labelsets[labelset]
+        model, device = lm.model, lm.device
+        with torch.inference_mode(), autocast(device):
+            clf = build_zero_shot_classifier(lambda t: model.get_clip_text_feature(t.to(device)), ls.classnames,
+                                             ls.templates, model.tokenize).float().cpu()
+        topk = (1, 5) if len(ls.classnames) > 5 else (1,)
+        metrics = zero_shot_accuracy(F.normalize(feats["clip"].float(), dim=-1), clf, ls.labels[positions], topk)
+        proto = self.base_protocol(data, data.test, lm, key[1], len(positions)) | {
+            "features": "CLIP image embedding (L2-normalised)", "classes": len(ls.classnames),
+            "class_names": ls.names_source, "templates": ls.templates_source,
+            "classifier": "per class: mean of normalised template embeddings, re-normalised; logits 100 * img @ W"}
+        return [entry("zeroshot", f"zeroshot/{labelset}", metrics, proto)]
+
+    def task_retrieval(self, lm, data, results, key):
+        from .retrieval import retrieval_recall
+
+        feats, positions = results[key]
+        caps = [(i, c) for i, pos in enumerate(positions.tolist()) for c in data.test.captions[pos]]
+        owner = torch.tensor([i for i, _ in caps], dtype=torch.long)
+        texts = [c for _, c in caps]
+        model, device = lm.model, lm.device
+        chunks = []
+        with torch.inference_mode(), autocast(device):
+            for s in range(0, len(texts), 256):
+                chunks.append(model.get_clip_text_feature(model.tokenize(texts[s : s + 256])).float().cpu())
+        metrics = retrieval_recall(feats["clip"].float(), torch.cat(chunks), owner)
+        proto = self.base_protocol(data, data.test, lm, key[1], len(positions)) | {
+            "features": "CLIP image and text embeddings, cosine similarity", "captions": len(texts),
+            "i2t": "an image query hits if any of its captions is in the top K"}
+        return [entry("retrieval", "retrieval", metrics, proto)]
+
+    def _probe_inputs(self, data, results, labelset, train_key, test_key):
+        (ftr, ptr), (fte, pte) = results[train_key], results[test_key]
+        ytr, yte = data.train.labelsets[labelset].labels[ptr], data.test.labelsets[labelset].labels[pte]
+        if len(ptr) == 0 or len(pte) == 0:
+            raise OpenVTPError(f"no readable images in the {'train' if len(ptr) == 0 else 'test'} split of {data.name}")
+        return ftr, ytr, fte, yte, len(ptr), len(pte)
+
+    def _probe_protocol(self, lm, data, labelset, train_key, test_key, n_train, n_test) -> dict:
+        proto = self.base_protocol(data, data.test, lm, test_key[1], n_test)
+        proto |= {"train_split": data.train.split, "train_images": n_train,
+                  "train_skipped_images": len(data.train) - n_train, "labels": labelset}
+        return proto
+
+    def task_knn(self, lm, data, results, labelset, train_key, test_key):
+        from .knn import knn_classify
+
+        ftr, ytr, fte, yte, ntr, nte = self._probe_inputs(data, results, labelset, train_key, test_key)
+        num_classes = _num_classes(data, labelset, ytr, yte)
+        with few_threads(lm.device, ntr * ftr["cls_blocks"][0].numel()):
+            res = knn_classify(ftr["cls_blocks"][:, -1], ytr, fte["cls_blocks"][:, -1], yte, k=self.opts.knn_k,
+                               temperature=self.opts.knn_temperature, num_classes=num_classes)
+        metrics = {"top1": res["top1"]} | ({"top5": res["top5"]} if num_classes > 5 else {})
+        proto = self._probe_protocol(lm, data, labelset, train_key, test_key, ntr, nte) | {
+            "features": "CLS token of the last block (final norm)", "k": res["k"], "temperature": res["temperature"],
+            "similarity": "cosine", "votes": "exp(sim / T) per neighbour"}
+        return [entry("knn", f"knn/{labelset}", metrics, proto)]
+
+    def task_linprobe(self, lm, data, results, labelset, protocol, train_key, test_key):
+        from .linear_probe import dinov2_feature_variants, linear_probe_dinov2, linear_probe_simple
+
+        ftr, ytr, fte, yte, ntr, nte = self._probe_inputs(data, results, labelset, train_key, test_key)
+        num_classes = _num_classes(data, labelset, ytr, yte)
+        batch = probe_batch_size(ntr, self.opts.probe_batch)
+        common = dict(num_classes=num_classes, epochs=self.opts.probe_epochs, batch_size=batch, device=lm.device,
+                      seed=self.opts.seed)
+        proto = self._probe_protocol(lm, data, labelset, train_key, test_key, ntr, nte)
+        proto |= {"epochs": self.opts.probe_epochs, "batch": batch, "augmentation": "none (features cached once)"}
+
+        def top(res):
+            return {"top1": res["top1"]} | ({"top5": res["top5"]} if num_classes > 5 else {})
+
+        out = []
+        with few_threads(lm.device, batch * ftr["cls_blocks"][0].numel()):
+            if protocol == "simple":
+                for feat, name, desc in (("cls_blocks", "cls", "CLS token of the last block (final norm)"),
+                                         ("latent_mean", "latent", "bottleneck latent, average-pooled over patches")):
+                    x_tr, x_te = (f[feat][:, -1] if feat == "cls_blocks" else f[feat] for f in (ftr, fte))
+                    res = linear_probe_simple(x_tr, ytr, x_te, yte, **common)
+                    out.append(entry("linprobe", f"linprobe/{labelset}/{name}", top(res), proto | {
+                        "protocol": "linear-simple: one linear layer on standardised features, AdamW lr 1e-3, "
+                                    "wd 1e-4, cosine", "features": desc, "dim": x_tr.shape[1]}))
+            else:
+                tr, te = (dinov2_feature_variants(f["cls_blocks"].float(), f["patch_mean"].float()) for f in (ftr, fte))
+                res = linear_probe_dinov2(tr, ytr, te, yte, **common)
+                out.append(entry("linprobe", f"linprobe/{labelset}/dinov2", top(res), proto | {
+                    "protocol": "dinov2-linear: SGD momentum 0.9, cosine, 13 learning rates x feature variants, best "
+                                "reported (picked on the reported split, as DINOv2 does)",
+                    "features": f"best variant {res['variant']} (clsN: CLS of the last N blocks; _avgpool: + mean "
+                                "patch token)", "variant": res["variant"], "lr": res["lr"],
+                    "scaled_lr": res["scaled_lr"], "variants": sorted(tr),
+                    "blocks_available": int(ftr["cls_blocks"].shape[1]), "all_top1": res["all_top1"]}))
+        return out
+
+    def task_recon(self, lm, data, results, key):
+        from .fid import feature_statistics, frechet_distance
+
+        feats, positions = results[key]
+        _, _, fid_id, skipped = self.metric_nets(lm.device)
+        if len(positions) == 0:
+            raise OpenVTPError(f"no readable images in {data.name} for reconstruction")
+        metrics = {"psnr": feats["psnr"].mean().item(), "ssim": feats["ssim"].mean().item()}
+        if "lpips" in feats:
+            metrics["lpips"] = feats["lpips"].mean().item()
+        skipped = dict(skipped)
+        if "inception_orig" in feats:
+            if len(positions) < 2:
+                skipped["rfid"] = "needs at least 2 images"
+            else:
+                metrics["rfid"] = frechet_distance(*feature_statistics(feats["inception_orig"].double()),
+                                                   *feature_statistics(feats["inception_recon"].double()))
+        metrics["psnr_patch_mean_baseline"] = feats["psnr_patch_mean"].mean().item()
+        proto = self.base_protocol(data, data.test, lm, key[1], len(positions)) | {
+            "reconstructions": "decode(encode(x)), quantised to 8 bits as saved PNGs",
+            "psnr": "per image, averaged", "ssim": "per image (Gaussian 11x11, sigma 1.5), averaged",
+            "lpips": f"AlexNet v0.1 ({'random trunk: meaningless' if self.opts.lpips == 'random' else 'ImageNet trunk'})"
+            if "lpips" in metrics else None,
+            "rfid": (f"Frechet distance of Inception pool features, originals vs reconstructions, weights {fid_id}"
+                     + (" (random: meaningless)" if fid_id == "random" else "")) if "rfid" in metrics else None,
+            "psnr_patch_mean_baseline": f"every {lm.model.config.vision_patch_size}px patch filled with its mean colour"}
+        grid = self.recon_grid(lm, data, key[1])
+        return [entry("recon", "recon", metrics, {k: v for k, v in proto.items() if v is not None},
+                      skipped_metrics=skipped, **({"grid": grid} if grid else {}))]
+
+    def recon_grid(self, lm: LoadedModel, data: EvalData, method: str) -> str | None:
+        from .datasets import READ_ERRORS
+        from .plots import image_grid
+
+        if self.opts.grid <= 0:
+            return None
+        images = []
+        for pos in range(len(data.test)):
+            if len(images) == self.opts.grid:
+                break
+            try:
+                images.append(data.test.load(pos, lm.size, method, self.opts.crop_pct))
+            except READ_ERRORS:
+                continue
+        x = torch.stack(images).float().div(255)
+        with torch.inference_mode(), autocast(lm.device):
+            rec = lm.model.decode(lm.model.encode(x.to(lm.device))).float().cpu()
+        path = self.out / f"recon_{lm.name}.png"
+        tmp = path.with_name(f".{path.stem}.tmp.png")
+        image_grid(x, quantise(rec).float().div(255), tmp, nrow=4)
+        os.replace(tmp, path)
+        return path.name
+
+
+@contextlib.contextmanager
+def few_threads(device: torch.device, work: int):
+    """One CPU thread for small probe training: with tiny matmuls, keeping threads in step costs more than it
+    saves (100x slower with 2 threads on a busy 2-core machine, measured)."""
+    if device.type != "cpu" or work >= 1 << 20:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _num_classes(data: EvalData, labelset: str, ytr: torch.Tensor, yte: torch.Tensor) -> int:
+    names = data.test.labelsets[labelset].classnames
+    return len(names) if names else int(max(ytr.max(), yte.max())) + 1
+
+
+def _short(e: dict) -> str:
+    if "skipped" in e:
+        return f"skipped: {e['skipped']}"
+    return ", ".join(f"{k} {v:.4g}" for k, v in e["metrics"].items())
+
+
+def model_names(specs: list[str], names: list[str] | None = None) -> list[str]:
+    """Column names: the folder names, with as many parent folders as it takes to tell them apart."""
+    if names is not None:
+        if len(names) != len(specs) or len(set(names)) != len(names) or any(not n or "/" in n for n in names):
+            raise OpenVTPError(f"--names needs {len(specs)} distinct names without '/', got {names}")
+        return names
+    parts = [Path(str(s).rstrip("/")).parts for s in specs]
+    for depth in range(1, max(map(len, parts)) + 1):
+        out = ["-".join(p[-depth:]) for p in parts]
+        if len(set(out)) == len(out):
+            return out
+    return [f"{n}-{i}" for i, n in enumerate("-".join(p) for p in parts)]
+
+
+def evaluate(models: list[str], data: str, opts: EvalOptions, out: str | Path, names: list[str] | None = None,
+             command: str = "", revision: str | None = None) -> tuple[dict, str] | None:
+    """Evaluate every model on `data`; write the report under `out`. Returns (payload, table) on rank 0."""
+    import dataclasses
+    from datetime import datetime, timezone
+
+    from openvtp.models.config import VTPConfig
+    from openvtp.models.io import CONFIG_NAME, resolve_model_dir
+    from openvtp.train import dist
+
+    from .extract import load_model
+    from .report import write_report
+
+    if not models:
+        raise OpenVTPError("no model given")
+    names = model_names(models, names)
+    # fail on a bad model path, size or --data before any work
+    for spec in models:
+        cfg = VTPConfig.from_json_file(resolve_model_dir(spec, revision) / CONFIG_NAME)
+        size = opts.size or cfg.image_size
+        if size % cfg.vision_patch_size:
+            raise OpenVTPError(f"resolution {size} is not a multiple of the patch size {cfg.vision_patch_size} of {spec}")
+    info = dist.init(opts.device)
+    suite = Suite(data, opts, out)
+    results, model_info = {}, []
+    try:
+        for spec in models:
+            cfg = VTPConfig.from_json_file(resolve_model_dir(spec, revision) / CONFIG_NAME)
+            suite.data_for(opts.size or cfg.image_size)
+        for spec, name in zip(models, names):
+            lm = load_model(spec, name, info.device, opts.size, revision)
+            results[name] = suite.run(lm)
+            model_info.append({"name": name, "path": str(spec), "fingerprint": lm.fingerprint, "resolution": lm.size,
+                               "text_tower": lm.has_text, "decoder": lm.has_decoder,
+                               "params": lm.model.param_counts()})
+            del lm
+            if info.device.type == "cuda":
+                torch.cuda.empty_cache()
+    finally:
+        dist.cleanup()
+    if info.rank != 0:
+        return None
+    first = suite.data_for(model_info[0]["resolution"])
+    payload = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "data": first.describe(),
+        "tasks": [t for t in TASKS if t in opts.tasks],
+        "options": dataclasses.asdict(opts),
+        "device": str(info.device),
+        "models": model_info,
+        "results": results,
+    }
+    return payload, write_report(Path(out), payload)
