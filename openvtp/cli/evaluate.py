@@ -30,7 +30,7 @@ def cmd_eval(args) -> None:
     from openvtp.eval.suite import EvalOptions, evaluate
 
     opts = EvalOptions(
-        tasks=tuple(_list(args.tasks)), size=args.size, preprocess=_preprocess(args.preprocess),
+        tasks=tuple(_list(args.tasks or ALL_TASKS)), explicit_tasks=args.tasks is not None, size=args.size, preprocess=_preprocess(args.preprocess),
         crop_pct=args.crop_pct, limit=args.limit, train_limit=args.train_limit, train_data=args.train_data,
         classnames=args.classnames, templates=args.templates, linprobe=tuple(_list(args.linprobe)),
         probe_epochs=args.probe_epochs, probe_batch=args.probe_batch, knn_k=args.knn_k,
@@ -130,7 +130,9 @@ def register(sub) -> None:
     p.add_argument("--data", required=True,
                    help="embedded | folder with train/ and val/ class folders | folder of class folders | folder of "
                         "images | captions .csv/.jsonl | webdataset .tar shards (brace patterns allowed)")
-    p.add_argument("--tasks", default=ALL_TASKS, help=f"comma-separated subset of {ALL_TASKS} (default: all)")
+    p.add_argument("--tasks", default=None,
+                   help=f"comma-separated subset of {ALL_TASKS}; default: all, skipping what a model or the data "
+                        "cannot do (a task named here that no model can run is an error)")
     p.add_argument("--out", default="runs/eval", help="output folder: results.json, results.md, PNGs, feature cache")
     p.add_argument("--limit", type=int, default=None, help="at most N images per split (a fixed random subset)")
     p.add_argument("--train-limit", type=int, default=None, help="at most N images of the probe train split")

@@ -147,8 +147,11 @@ def pass_compute(lm: LoadedModel, features: bool = True, recon: bool = False, lp
 
 
 class _Images(Dataset):
+    MAX_WARNINGS = 5  # per process and pass; the count is in the results
+
     def __init__(self, evalset: EvalSet, size: int, method: str, crop_pct: float):
         self.evalset, self.size, self.method, self.crop_pct = evalset, size, method, crop_pct
+        self.warned = 0
 
     def __len__(self) -> int:
         return len(self.evalset)
@@ -159,7 +162,9 @@ class _Images(Dataset):
         except OpenVTPError as e:  # a user error must reach the main process as one line, not a worker traceback
             return pos, None, str(e)
         except READ_ERRORS as e:
-            log.warning("eval: skipped unreadable image %s (%s)", self.evalset.where(pos), type(e).__name__)
+            self.warned += 1
+            level = logging.WARNING if self.warned <= self.MAX_WARNINGS else logging.DEBUG
+            log.log(level, "eval: skipped unreadable image %s (%s)", self.evalset.where(pos), type(e).__name__)
             return pos, None, None
 
 

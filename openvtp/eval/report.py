@@ -12,7 +12,7 @@ METRIC_LABELS = {
     "psnr_patch_mean_baseline": "PSNR flat-patch baseline dB",
 }
 HEADLINE = ("top1", "i2t_R@1", "t2i_R@1", "psnr", "ssim", "lpips", "rfid")
-_MD_SKIP = ("all_top1", "variants")  # too long for results.md; they stay in results.json
+_MD_SKIP = ("all_top1", "variants", "class_name_list", "template_list")  # long: only in results.json
 
 
 def metric_label(metric: str) -> str:
@@ -90,7 +90,17 @@ def notes(results: dict[str, list[dict]]) -> list[str]:
             for metric, why in e.get("skipped_metrics", {}).items():
                 reasons.setdefault((f"{e['name']} {metric}", why), []).append(model)
     multi = len(results) > 1
-    return [f"{name}{' (' + ', '.join(ms) + ')' if multi else ''} skipped: {why}" for (name, why), ms in reasons.items()]
+    out = [f"{name}{' (' + ', '.join(ms) + ')' if multi else ''} skipped: {why}" for (name, why), ms in reasons.items()]
+    unreadable: dict[str, int] = {}
+    for entries in results.values():
+        for e in entries:
+            proto = e.get("protocol") or {}
+            for split_key, count_key in (("split", "skipped_images"), ("train_split", "train_skipped_images")):
+                if proto.get(count_key):
+                    unreadable[proto[split_key]] = max(unreadable.get(proto[split_key], 0), proto[count_key])
+    out += [f"{n} unreadable image(s) skipped in split {split} (counted per task in results.json)"
+            for split, n in unreadable.items()]
+    return out
 
 
 def _protocol_text(proto: dict) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from openvtp.data.text import VOCAB_SIZE
 from openvtp.errors import OpenVTPError
 
 from .datasets import DEFAULT_PREPROCESS, PREPROCESS_METHODS, PREPROCESS_NAMES, EvalData, EvalSet, open_data
@@ -34,6 +35,7 @@ class EvalOptions:
     """Everything `openvtp eval` can change; the defaults are the released protocols."""
 
     tasks: tuple[str, ...] = TASKS
+    explicit_tasks: bool = False  # tasks named by the user: one no model can run is an error, not a skip
     size: int | None = None  # default: each model's config.image_size
     preprocess: dict[str, str] = field(default_factory=dict)  # {"recon"|"zeroshot"|"retrieval"|"probe": method}
     crop_pct: float = 0.875
@@ -166,7 +168,7 @@ class Suite:
                 try:
                     lp = build_lpips("pretrained" if o.lpips == "auto" else "random").to(device)
                 except OpenVTPError as e:
-                    skipped["lpips"] = f"{e} (or --lpips random for a meaningless offline number)"
+                    skipped["lpips"] = f"{e} [openvtp eval: --lpips none, or random for a meaningless number]"
             if o.fid_weights == "none":
                 skipped["rfid"] = "turned off (--fid-weights none)"
             else:
@@ -174,9 +176,25 @@ class Suite:
                     inc = InceptionFeatures(o.fid_weights, device=device, batch_size=o.batch_size, progress=False)
                     fid_id = o.fid_weights if o.fid_weights != "auto" else "torch-fidelity inception-2015-12-05"
                 except OpenVTPError as e:
-                    skipped["rfid"] = f"{e} (or --fid-weights PATH)"
+                    skipped["rfid"] = f"{e} [openvtp eval: --fid-weights PATH, or none]"
             self._metric_nets = (lp, inc, fid_id, skipped)
         return self._metric_nets
+
+    def check_tasks(self, configs: list, names: list[str]) -> None:
+        """Open the data for every resolution and fail before any work when nothing, or an explicitly requested
+        task, can run on any model."""
+        tasks = [t for t in TASKS if t in self.opts.tasks]
+        runnable, reasons = set(), {}
+        for cfg, name in zip(configs, names):
+            _, entries = self.plan(cfg, self.data_for(self.opts.size or cfg.image_size), tasks)
+            for task, _, reason, _ in entries:
+                if reason is None:
+                    runnable.add(task)
+                else:
+                    reasons.setdefault(task, f"{reason} ({name})")
+        blocked = [t for t in tasks if t not in runnable]
+        if blocked and (self.opts.explicit_tasks or not runnable):
+            raise OpenVTPError(f"cannot run {blocked[0]}: {reasons.get(blocked[0], 'no entries')}")
 
     # ------------------------------------------------------------------ one model
     def run(self, lm: LoadedModel) -> list[dict] | None:
@@ -185,7 +203,7 @@ class Suite:
 
         data = self.data_for(lm.size)
         tasks = [t for t in TASKS if t in self.opts.tasks]
-        plans, entries = self.plan(lm, data, tasks)
+        plans, entries = self.plan(lm.model.config, data, tasks)
 
         # every pass first, on every rank (torchrun splits the chunks); then the tasks on rank 0
         results = {key: self.run_pass(lm, data, es, method, kinds) for key, (es, method, kinds) in plans.items()}
@@ -203,15 +221,15 @@ class Suite:
                 log.info("%s  %-28s %s", lm.name, e["name"], _short(e))
         return out
 
-    def plan(self, lm: LoadedModel, data: EvalData, tasks: list[str]):
-        """Which passes are needed, and the entries to produce: (task, name, skip reason or None, args)."""
+    def plan(self, cfg, data: EvalData, tasks: list[str]):
+        """For a model config: the passes needed, and the entries to produce: (task, name, skip reason or None, args)."""
         plans, entries = {}, []
         test, train = data.test, data.train
         text_reason = None
-        if not lm.has_text:
+        if not cfg.train_clip:
             text_reason = "model has no text tower (train_clip is false)"
-        elif lm.model.config.text_vocab_size < 49408:
-            text_reason = (f"text vocabulary has {lm.model.config.text_vocab_size} tokens, fewer than the 49408 of the "
+        elif cfg.text_vocab_size < VOCAB_SIZE:
+            text_reason = (f"text vocabulary has {cfg.text_vocab_size} tokens, fewer than the {VOCAB_SIZE} of the "
                            "BPE tokenizer the text tower expects")
 
         def need(split_set: EvalSet, group: str, kind: str = "features"):
@@ -254,7 +272,7 @@ class Suite:
                         for proto in self.opts.linprobe:
                             entries.append((task, f"linprobe/{k}/{proto}", None, (k, proto, *keys)))
             elif task == "recon":
-                if not lm.has_decoder:
+                if not cfg.train_reconstruction:
                     entries.append((task, task, "model has no pixel decoder (train_reconstruction is false)", ()))
                 else:
                     entries.append((task, task, None, (need(test, "recon", "recon"),)))
@@ -275,6 +293,7 @@ class Suite:
         proto = self.base_protocol(data, data.test, lm, key[1], len(positions)) | {
             "features": "CLIP image embedding (L2-normalised)", "classes": len(ls.classnames),
             "class_names": ls.names_source, "templates": ls.templates_source,
+            "class_name_list": ls.classnames, "template_list": ls.templates,
             "classifier": "per class: mean of normalised template embeddings, re-normalised; logits 100 * img @ W"}
         return [entry("zeroshot", f"zeroshot/{labelset}", metrics, proto)]
 
@@ -469,19 +488,17 @@ def evaluate(models: list[str], data: str, opts: EvalOptions, out: str | Path, n
     if not models:
         raise OpenVTPError("no model given")
     names = model_names(models, names)
-    # fail on a bad model path, size or --data before any work
-    for spec in models:
-        cfg = VTPConfig.from_json_file(resolve_model_dir(spec, revision) / CONFIG_NAME)
+    # a bad model path, resolution, --data or task fails here, before any work
+    configs = [VTPConfig.from_json_file(resolve_model_dir(spec, revision) / CONFIG_NAME) for spec in models]
+    for spec, cfg in zip(models, configs):
         size = opts.size or cfg.image_size
         if size % cfg.vision_patch_size:
             raise OpenVTPError(f"resolution {size} is not a multiple of the patch size {cfg.vision_patch_size} of {spec}")
-    info = dist.init(opts.device)
     suite = Suite(data, opts, out)
+    suite.check_tasks(configs, names)
+    info = dist.init(opts.device)
     results, model_info = {}, []
     try:
-        for spec in models:
-            cfg = VTPConfig.from_json_file(resolve_model_dir(spec, revision) / CONFIG_NAME)
-            suite.data_for(opts.size or cfg.image_size)
         for spec, name in zip(models, names):
             lm = load_model(spec, name, info.device, opts.size, revision)
             results[name] = suite.run(lm)
