@@ -158,3 +158,20 @@ def test_torchrun_extraction_equals_one_process(tmp_path):
     assert [e["name"] for e in one_res] == [e["name"] for e in two_res] == ["knn/shape", "knn/colour", "recon"]
     for e1, e2 in zip(one_res, two_res):
         assert e1["metrics"] == pytest.approx(e2["metrics"], abs=1e-4)
+
+
+def test_fid_offline_without_weights_is_one_line(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    import openvtp.eval.weights as weights_mod
+
+    def no_network(url, dst):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(weights_mod, "_download", no_network)
+    _folder(tmp_path / "a", 0, 2)
+    assert main(["fid", str(tmp_path / "a"), str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    target = tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    assert len(err) == 1 and f"put it at {target}" in err[0]

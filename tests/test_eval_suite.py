@@ -223,3 +223,28 @@ def test_normalised_clip_features_are_stored(embedded_run):
     assert positions.tolist() == list(range(12))
     assert torch.allclose(F.normalize(feats["clip"], dim=-1), feats["clip"], atol=1e-5)
     assert feats["cls_blocks"].shape == (12, 2, 64) and feats["cls_blocks"].dtype == torch.float16
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    import urllib.error
+
+    import openvtp.eval.weights as weights_mod
+
+    def no_network(url, dst):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(weights_mod, "_download", no_network)
+    return tmp_path / "hub" / "checkpoints"
+
+
+def test_offline_recon_reports_missing_weights_and_keeps_the_rest(tmp_path, offline):
+    opts = EvalOptions(tasks=("recon",), limit=4, progress=False, grid=0)  # fid_weights and lpips "auto"
+    payload, table = evaluate([MODEL], "embedded", opts, tmp_path / "out")
+    recon = payload["results"]["tiny-swiglu-rms"][0]
+    assert set(recon["metrics"]) == {"psnr", "ssim", "psnr_patch_mean_baseline"}
+    rfid, lp = recon["skipped_metrics"]["rfid"], recon["skipped_metrics"]["lpips"]
+    assert str(offline / "weights-inception-2015-12-05-6726825d.pth") in rfid and "--fid-weights PATH" in rfid
+    assert str(offline / "alexnet-owt-7be5be79.pth") in lp
+    assert "| recon" in table and "skipped" in table
