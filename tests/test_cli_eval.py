@@ -88,21 +88,25 @@ def _folder(path, seed, n, smooth=False):
     return torch.stack(images)
 
 
+def fid_json(capsys, *args):
+    assert main(["fid", *args, "--weights", "random", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 @pytest.mark.slow  # two scipy sqrtm of 2048 x 2048 matrices and a random-weight Inception on CPU
-def test_fid_command_folders_and_stats(tmp_path):
+def test_fid_command_folders_and_stats(tmp_path, capsys):
     from openvtp.eval.fid import InceptionFeatures
 
     a, b = _folder(tmp_path / "a", 0, 6), _folder(tmp_path / "b", 1, 5, smooth=True)
     (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
     stats = tmp_path / "a_stats.npz"
     # folder vs itself: FID(a, a) ~ 0, and a's statistics written on the way
-    res = json.loads(run("fid", str(tmp_path / "a"), str(tmp_path / "a"), "--save-stats", str(stats),
-                         "--weights", "random", "--json").stdout)
+    res = fid_json(capsys, str(tmp_path / "a"), str(tmp_path / "a"), "--save-stats", str(stats))
     assert res["sides"][0] == {"path": str(tmp_path / "a"), "images": 6, "skipped_images": 1} and stats.is_file()
     assert abs(res["fid"]) < 1e-3
     # folder vs statistics file against a direct computation on the same features: Tr sqrt(Sa Sb) = ||A B^T||_* /
     # sqrt((na - 1)(nb - 1)) with centred features A, B (no sqrtm involved)
-    res = json.loads(run("fid", str(tmp_path / "b"), str(stats), "--weights", "random", "--json").stdout)
+    res = fid_json(capsys, str(tmp_path / "b"), str(stats))
     assert res["sides"][1] == {"path": str(stats), "statistics": True}
     inception = InceptionFeatures("random", device="cpu", progress=False)
     fa, fb = inception(a).numpy(), inception(b).numpy()
@@ -119,8 +123,8 @@ def test_eval_recon_rfid_with_random_inception(tmp_path):
     from openvtp.eval.fid import InceptionFeatures
 
     out = tmp_path / "out"
-    run("eval", SWIGLU, "--data", "embedded", "--tasks", "recon", "--limit", "6", "--fid-weights", "random",
-        "--lpips", "none", "--out", str(out), "--no-progress")
+    assert main(["eval", SWIGLU, "--data", "embedded", "--tasks", "recon", "--limit", "6", "--fid-weights", "random",
+                 "--lpips", "none", "--out", str(out), "--no-progress"]) == 0
     recon = json.loads((out / "results.json").read_text())["results"]["tiny-swiglu-rms"][0]
     assert "(random: meaningless)" in recon["protocol"]["rfid"]
     model = VTPModel.from_pretrained(SWIGLU).eval()

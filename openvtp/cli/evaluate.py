@@ -30,18 +30,16 @@ def cmd_eval(args) -> None:
     from openvtp.eval.suite import EvalOptions, evaluate
 
     opts = EvalOptions(
-        tasks=tuple(_list(args.tasks or ALL_TASKS)), explicit_tasks=args.tasks is not None, size=args.size, preprocess=_preprocess(args.preprocess),
+        tasks=tuple(_list(args.tasks or ALL_TASKS)), explicit_tasks=args.tasks is not None, size=args.size,
+        preprocess=_preprocess(args.preprocess),
         crop_pct=args.crop_pct, limit=args.limit, train_limit=args.train_limit, train_data=args.train_data,
         classnames=args.classnames, templates=args.templates, linprobe=tuple(_list(args.linprobe)),
         probe_epochs=args.probe_epochs, probe_batch=args.probe_batch, knn_k=args.knn_k,
         knn_temperature=args.knn_temperature, fid_weights=args.fid_weights, lpips=args.lpips,
         batch_size=args.batch_size, workers=args.workers, chunk_size=args.chunk_size, grid=args.grid,
         device=args.device, progress=not args.no_progress, cache_dir=args.cache, seed=args.seed)
-    for limit in (args.limit, args.train_limit):
-        if limit is not None and limit <= 0:
-            raise OpenVTPError(f"--limit and --train-limit must be positive, got {limit}")
-    command = "openvtp " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("openvtp", "__main__.py")) \
-        else "openvtp eval " + " ".join(args.models)
+    invoked = sys.argv and sys.argv[0].endswith(("openvtp", "__main__.py"))  # not when main() is called in-process
+    command = "openvtp " + shlex.join(sys.argv[1:]) if invoked else "openvtp eval " + shlex.join(args.models)
     done = evaluate(args.models, args.data, opts, args.out, _list(args.names) or None, command, args.revision)
     if done is None:  # a torchrun rank other than 0
         return
@@ -126,7 +124,8 @@ def cmd_fid(args) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate tokenizers: zero-shot, linear probe, kNN, retrieval, reconstruction")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="checkpoint folders or hub ids (several: one column each)")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="checkpoint folders or hub ids (several: one column each)")
     p.add_argument("--data", required=True,
                    help="embedded | folder with train/ and val/ class folders | folder of class folders | folder of "
                         "images | captions .csv/.jsonl | webdataset .tar shards (brace patterns allowed)")

@@ -109,7 +109,9 @@ class EvalSet:
         """Image `pos` preprocessed to uint8 (3, size, size); raises one of READ_ERRORS when it cannot be read."""
         img = self.read(self.keys[pos])
         if method == "none":
-            t = img if isinstance(img, torch.Tensor) else torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+            if not isinstance(img, torch.Tensor):
+                img = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+            t = img
             if tuple(t.shape[-2:]) != (size, size):
                 raise OpenVTPError(f"{self.where(pos)} is {t.shape[-2]}x{t.shape[-1]}; preprocessing 'none' needs "
                                    f"{size}x{size} images (choose adm, squash or crop)")
@@ -175,7 +177,8 @@ def embedded_split(split: str, n: int, size: int, seed: int) -> EvalSet:
         "shape": LabelSet("shape", torch.tensor([it["shape"] for it in items]), list(SHAPES), list(SHAPE_TEMPLATES),
                           "scene shape names", f"{len(SHAPE_TEMPLATES)} scene shape templates"),
         "colour": LabelSet("colour", torch.tensor([it["colour"] for it in items]), list(COLOURS),
-                           list(COLOUR_TEMPLATES), "scene colour names", f"{len(COLOUR_TEMPLATES)} scene colour templates"),
+                           list(COLOUR_TEMPLATES), "scene colour names",
+                           f"{len(COLOUR_TEMPLATES)} scene colour templates"),
     }
     what = "held-out scenes, unseen (shape, colour) pairs" if split == "test" else "train scenes"
     return EvalSet(f"embedded {what}, seed {seed}", ds.split, list(range(n)), images.__getitem__, labelsets,

@@ -26,7 +26,6 @@ from .extract import LoadedModel, autocast, cached_pass, pass_compute, quantise
 log = logging.getLogger(__name__)
 
 TASKS = ("zeroshot", "linprobe", "knn", "retrieval", "recon")
-GROUP = {"zeroshot": "zeroshot", "retrieval": "retrieval", "linprobe": "probe", "knn": "probe", "recon": "recon"}
 LINPROBE_PROTOCOLS = ("simple", "dinov2")
 
 
@@ -75,6 +74,9 @@ class EvalOptions:
                                f"choose from {', '.join(LINPROBE_PROTOCOLS)}")
         if not 0 < self.crop_pct <= 1:
             raise OpenVTPError(f"--crop-pct must be in (0, 1], got {self.crop_pct}")
+        for name in ("limit", "train_limit"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise OpenVTPError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("batch_size", "chunk_size", "knn_k", "probe_epochs"):
             if getattr(self, name) <= 0:
                 raise OpenVTPError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -115,11 +117,13 @@ class Suite:
 
     # ------------------------------------------------------------------ data and helpers
     def data_for(self, size: int) -> EvalData:
-        if size not in self._data:
+        """Embedded scenes are rendered per resolution; files are listed once."""
+        key = size if self.spec == "embedded" else 0
+        if key not in self._data:
             o = self.opts
-            self._data[size] = open_data(self.spec, size, o.train_data, o.limit, o.train_limit, o.classnames,
-                                         o.templates, o.seed)
-        return self._data[size]
+            self._data[key] = open_data(self.spec, size, o.train_data, o.limit, o.train_limit, o.classnames,
+                                        o.templates, o.seed)
+        return self._data[key]
 
     def method(self, data: EvalData, group: str) -> str:
         return self.opts.preprocess.get(group, data.default_preprocess[group])
@@ -222,7 +226,7 @@ class Suite:
         return out
 
     def plan(self, cfg, data: EvalData, tasks: list[str]):
-        """For a model config: the passes needed, and the entries to produce: (task, name, skip reason or None, args)."""
+        """For a model config: the passes needed and the entries to produce, (task, name, skip reason | None, args)."""
         plans, entries = {}, []
         test, train = data.test, data.train
         text_reason = None
@@ -232,11 +236,11 @@ class Suite:
             text_reason = (f"text vocabulary has {cfg.text_vocab_size} tokens, fewer than the {VOCAB_SIZE} of the "
                            "BPE tokenizer the text tower expects")
 
-        def need(split_set: EvalSet, group: str, kind: str = "features"):
+        def need(role: str, group: str, kind: str = "features"):
             """Passes are shared by the tasks that read the same split with the same preprocessing."""
             method = self.method(data, group)
-            key = (split_set.split, method)
-            plans.setdefault(key, (split_set, method, set()))[2].add(kind)
+            key = (role, method)
+            plans.setdefault(key, (test if role == "test" else train, method, set()))[2].add(kind)
             return key
 
         for task in tasks:
@@ -250,12 +254,12 @@ class Suite:
                     if text_reason:
                         entries.append((task, f"{task}/{k}", text_reason, ()))
                     else:
-                        entries.append((task, f"{task}/{k}", None, (k, need(test, "zeroshot"))))
+                        entries.append((task, f"{task}/{k}", None, (k, need("test", "zeroshot"))))
             elif task == "retrieval":
                 if test.captions is None:
                     entries.append((task, task, f"{data.name} has no captions", ()))
                 else:
-                    entries.append((task, task, text_reason, () if text_reason else (need(test, "retrieval"),)))
+                    entries.append((task, task, text_reason, () if text_reason else (need("test", "retrieval"),)))
             elif task in ("linprobe", "knn"):
                 if train is None:
                     entries.append((task, task, f"{data.name} has no train split for the probes "
@@ -265,7 +269,7 @@ class Suite:
                 if not shared:
                     entries.append((task, task, f"{data.name} has no labels in both splits", ()))
                 for k in shared:
-                    keys = (need(train, "probe"), need(test, "probe"))
+                    keys = (need("train", "probe"), need("test", "probe"))
                     if task == "knn":
                         entries.append((task, f"knn/{k}", None, (k, *keys)))
                     else:
@@ -275,7 +279,7 @@ class Suite:
                 if not cfg.train_reconstruction:
                     entries.append((task, task, "model has no pixel decoder (train_reconstruction is false)", ()))
                 else:
-                    entries.append((task, task, None, (need(test, "recon", "recon"),)))
+                    entries.append((task, task, None, (need("test", "recon", "recon"),)))
         return plans, entries
 
     # ------------------------------------------------------------------ tasks
@@ -399,11 +403,11 @@ class Suite:
         proto = self.base_protocol(data, data.test, lm, key[1], len(positions)) | {
             "reconstructions": "decode(encode(x)), quantised to 8 bits as saved PNGs",
             "psnr": "per image, averaged", "ssim": "per image (Gaussian 11x11, sigma 1.5), averaged",
-            "lpips": f"AlexNet v0.1 ({'random trunk: meaningless' if self.opts.lpips == 'random' else 'ImageNet trunk'})"
-            if "lpips" in metrics else None,
+            "lpips": (f"AlexNet v0.1, {'random trunk: meaningless' if self.opts.lpips == 'random' else 'ImageNet trunk'}"
+                      if "lpips" in metrics else None),
             "rfid": (f"Frechet distance of Inception pool features, originals vs reconstructions, weights {fid_id}"
                      + (" (random: meaningless)" if fid_id == "random" else "")) if "rfid" in metrics else None,
-            "psnr_patch_mean_baseline": f"every {lm.model.config.vision_patch_size}px patch filled with its mean colour"}
+            "psnr_patch_mean_baseline": f"each {lm.model.config.vision_patch_size}px patch filled with its mean colour"}
         grid = self.recon_grid(lm, data, key[1])
         return [entry("recon", "recon", metrics, {k: v for k, v in proto.items() if v is not None},
                       skipped_metrics=skipped, **({"grid": grid} if grid else {}))]
@@ -493,7 +497,8 @@ def evaluate(models: list[str], data: str, opts: EvalOptions, out: str | Path, n
     for spec, cfg in zip(models, configs):
         size = opts.size or cfg.image_size
         if size % cfg.vision_patch_size:
-            raise OpenVTPError(f"resolution {size} is not a multiple of the patch size {cfg.vision_patch_size} of {spec}")
+            raise OpenVTPError(f"resolution {size} is not a multiple of the patch size {cfg.vision_patch_size} "
+                               f"of {spec}")
     suite = Suite(data, opts, out)
     suite.check_tasks(configs, names)
     info = dist.init(opts.device)
