@@ -62,6 +62,7 @@ def no_text_model(tmp_path):
     (("eval", SWIGLU, "--data", "embedded", "--preprocess", "recon"), "--preprocess expects GROUP=METHOD"),
     (("eval", SWIGLU, "--data", "embedded", "--size", "40"), "not a multiple of the patch size 16"),
     (("eval", SWIGLU, "--data", "embedded", "--fid-weights", "/nonexistent/w.pth"), "--fid-weights: file not found"),
+    (("eval", SWIGLU, "--data", "embedded", "--device", "gpu"), "--device 'gpu': not a device"),
     (("fid", "/nonexistent/a", "/nonexistent/b"), "not a folder of images or an .npz"),
     (("fid", "{tmp}"), "give two image sets"),
 ])

@@ -248,3 +248,21 @@ def test_offline_recon_reports_missing_weights_and_keeps_the_rest(tmp_path, offl
     assert str(offline / "weights-inception-2015-12-05-6726825d.pth") in rfid and "--fid-weights PATH" in rfid
     assert str(offline / "alexnet-owt-7be5be79.pth") in lp
     assert "| recon" in table and "skipped" in table
+
+
+def test_class_folders_train_data_and_own_names(imagenet_like, tmp_path):
+    (tmp_path / "names.txt").write_text("red fish\n# a comment\ngreen fish\n")
+    (tmp_path / "templates.txt").write_text("a photo of a {}.\nart of a {}.\n")
+    data = open_data(str(imagenet_like / "val"), 64, train_spec=str(imagenet_like / "train"),
+                     classnames=str(tmp_path / "names.txt"), templates=str(tmp_path / "templates.txt"))
+    ls = data.test.labelsets["class"]
+    assert ls.classnames == ["red fish", "green fish"] and ls.templates == ["a photo of a {}.", "art of a {}."]
+    assert ls.names_source.startswith("class names from") and ls.templates_source.startswith("2 templates from")
+    assert (data.test.split, data.train.split, len(data.train)) == ("test", "train", 8)
+    (tmp_path / "bad.txt").write_text("no placeholder\n")
+    with pytest.raises(OpenVTPError, match="exactly one"):
+        open_data(str(imagenet_like / "val"), 64, templates=str(tmp_path / "bad.txt"))
+    with pytest.raises(OpenVTPError, match="already has a train split"):
+        open_data(str(imagenet_like), 64, train_spec=str(imagenet_like / "train"))
+    folder = open_data(str(imagenet_like / "val" / "n01443537"), 64)  # images only: unlabelled, recon only
+    assert folder.kind == "image folder (unlabelled)" and len(folder.test) == 2 and not folder.test.labelsets

@@ -75,6 +75,11 @@ def cmd_fid(args) -> None:
         save_stats,
     )
 
+    from openvtp.eval.suite import check_device
+
+    device = None if check_device(args.device) == "auto" else args.device
+    if args.batch_size <= 0:
+        raise OpenVTPError(f"--batch-size must be positive, got {args.batch_size}")
     sides = [Path(args.a)] + ([Path(args.b)] if args.b else [])
     if args.b is None and not args.save_stats:
         raise OpenVTPError("give two image sets / statistics files to compare, or one with --save-stats OUT.npz")
@@ -91,8 +96,7 @@ def cmd_fid(args) -> None:
             info.append({"path": str(path), "statistics": True})
             continue
         if extractor is None:
-            extractor = InceptionFeatures(args.weights, device=None if args.device == "auto" else args.device,
-                                          batch_size=args.batch_size)
+            extractor = InceptionFeatures(args.weights, device=device, batch_size=args.batch_size)
         feats, skipped = image_set_features(path, extractor, args.batch_size)
         stats.append(feature_statistics(feats))
         info.append({"path": str(path), "images": len(feats), "skipped_images": skipped})

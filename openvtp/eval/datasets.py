@@ -63,10 +63,6 @@ class LabelSet:
     names_source: str = ""  # where names and templates come from, for the protocol
     templates_source: str = ""
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classnames) if self.classnames else int(self.labels.max()) + 1
-
 
 @dataclass
 class EvalSet:
@@ -103,7 +99,7 @@ class EvalSet:
 
     def where(self, pos: int) -> str:
         key = self.keys[pos]
-        return str(key[0] if isinstance(key, tuple) else key)
+        return f"{key[0]}:{key[1]}" if isinstance(key, tuple) else str(key)  # shards: tar and sample key
 
     def load(self, pos: int, size: int, method: str, crop_pct: float = 0.875) -> torch.Tensor:
         """Image `pos` preprocessed to uint8 (3, size, size); raises one of READ_ERRORS when it cannot be read."""
@@ -116,7 +112,8 @@ class EvalSet:
                 raise OpenVTPError(f"{self.where(pos)} is {t.shape[-2]}x{t.shape[-1]}; preprocessing 'none' needs "
                                    f"{size}x{size} images (choose adm, squash or crop)")
             return t.contiguous()
-        pil = Image.fromarray(img.permute(1, 2, 0).numpy()) if isinstance(img, torch.Tensor) else img
+        pil = Image.fromarray(np.ascontiguousarray(img.permute(1, 2, 0).numpy())) if isinstance(img, torch.Tensor) \
+            else img
         if method == "adm":
             return adm_center_crop(pil, size)
         if method == "squash":

@@ -80,6 +80,8 @@ class EvalOptions:
         for name in ("batch_size", "chunk_size", "knn_k", "probe_epochs"):
             if getattr(self, name) <= 0:
                 raise OpenVTPError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.size is not None and self.size <= 0:
+            raise OpenVTPError(f"--size must be positive, got {self.size}")
         if self.probe_batch is not None and self.probe_batch <= 0:
             raise OpenVTPError(f"--probe-batch must be positive, got {self.probe_batch}")
         if self.lpips not in ("auto", "random", "none"):
@@ -462,6 +464,19 @@ def _short(e: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in e["metrics"].items())
 
 
+def check_device(device: str) -> str:
+    """`auto`, or a device torch knows and this machine has."""
+    if device == "auto":
+        return device
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise OpenVTPError(f"--device {device!r}: not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OpenVTPError(f"--device {device}: no CUDA device is available")
+    return device
+
+
 def model_names(specs: list[str], names: list[str] | None = None) -> list[str]:
     """Column names: the folder names, with as many parent folders as it takes to tell them apart."""
     if names is not None:
@@ -501,7 +516,7 @@ def evaluate(models: list[str], data: str, opts: EvalOptions, out: str | Path, n
                                f"of {spec}")
     suite = Suite(data, opts, out)
     suite.check_tasks(configs, names)
-    info = dist.init(opts.device)
+    info = dist.init(check_device(opts.device))
     results, model_info = {}, []
     try:
         for spec, name in zip(models, names):
