@@ -1,5 +1,180 @@
-"""generate commands (being written)."""
+"""Generation commands: `extract-latents`, `train-dit`, `sample`, `gfid`.
+
+Thin wrappers over `openvtp.generation`; every check that can fail on user input (paths,
+config keys, impossible values) runs before the model or data are touched.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from openvtp.errors import OpenVTPError
+
+SAMPLE_KEYS = ("sample.", "fid.")
+
+
+def cmd_extract_latents(args) -> None:
+    from openvtp.generation.latents import extract_latents
+    from openvtp.generation.sources import open_source
+    from openvtp.models import VTPModel
+
+    if args.data != "embedded" and ".tar" not in Path(args.data).name and not Path(args.data).exists():
+        raise OpenVTPError(f"--data {args.data}: no such file or folder (or use 'embedded')")
+    model = VTPModel.from_pretrained(args.model, revision=args.revision)
+    size = args.size or model.config.image_size
+    if size % model.config.vision_patch_size:
+        raise OpenVTPError(f"--size {size} is not a multiple of the patch size {model.config.vision_patch_size}")
+    dataset, classes = open_source(args.data, size, args.num, args.seed, args.labels)
+    out = extract_latents(model, dataset, args.out, image_size=size, batch_size=args.batch_size,
+                          shard_size=args.shard_size, stats_num=args.stats_num, seed=args.seed, device=args.device,
+                          num_workers=args.workers)
+    from openvtp.train import dist
+
+    if dist.is_main():
+        index = json.loads((out / "index.json").read_text())
+        if classes is not None:
+            index["num_classes"] = classes
+            (out / "index.json").write_text(json.dumps(index, indent=2))
+        print(f"{index['num_images']} images -> latents {index['latent_shape']} (+ flips) in {out}"
+              + (f"; {classes} classes: train with data.num_classes={classes}" if classes else ""))
+
+
+def cmd_train_dit(args) -> None:
+    from openvtp.config.load import load_config
+    from openvtp.generation.config import GenerationConfig, validate
+    from openvtp.generation.train import train_dit
+    from openvtp.train import dist
+
+    cfg = load_config(GenerationConfig, args.config, args.overrides)
+    validate(cfg)
+    history = train_dit(cfg)
+    if dist.is_main():
+        from openvtp.train.checkpoint import list_checkpoints
+
+        last = list_checkpoints(cfg.train.run_dir)
+        tail = f", last loss {history[-1]:.4f}" if history else " (already finished)"
+        print(f"trained {len(history)} steps{tail} -> {last[-1] if last else cfg.train.run_dir}")
+
+
+def _checkpoint_config(checkpoint: str, overrides: list[str]):
+    """The config stored with a DiT checkpoint, with `sample.*` / `fid.*` overrides applied and validated."""
+    from openvtp.config.load import load_config
+    from openvtp.generation.config import GenerationConfig, validate
+    from openvtp.generation.sample import resolve_dit_checkpoint
+
+    bad = [o for o in overrides if not o.startswith(SAMPLE_KEYS)]
+    if bad:
+        raise OpenVTPError(f"only sample.* and fid.* settings can be overridden here, got '{bad[0]}'")
+    ckpt = resolve_dit_checkpoint(checkpoint)
+    if not (ckpt / "config.yaml").is_file():
+        raise OpenVTPError(f"{ckpt} has no config.yaml: not a DiT checkpoint written by openvtp train-dit")
+    cfg = load_config(GenerationConfig, str(ckpt / "config.yaml"), overrides)
+    validate(cfg)
+    return ckpt, cfg
+
+
+def _labels(args, num_classes: int):
+    import torch
+
+    if args.labels:
+        try:
+            labels = [int(v) for v in args.labels.split(",")]
+        except ValueError:
+            raise OpenVTPError(f"--labels must be comma-separated integers, got {args.labels!r}") from None
+        return torch.tensor(labels).repeat_interleave(args.per_class)
+    return torch.arange(num_classes).repeat_interleave(args.per_class) if args.per_class > 1 else None
+
+
+def cmd_sample(args) -> None:
+    from dataclasses import replace
+
+    from openvtp.generation.sample import sample
+
+    ckpt, cfg = _checkpoint_config(args.checkpoint, args.overrides)
+    scfg = cfg.sample if args.num_samples is None else replace(cfg.sample, num_samples=args.num_samples)
+    labels = _labels(args, cfg.data.num_classes)
+    tokenizer = args.tokenizer or cfg.data.tokenizer
+    if not tokenizer:
+        raise OpenVTPError("no tokenizer to decode samples: pass --tokenizer MODEL")
+    npz = sample(ckpt, args.out, scfg, tokenizer=tokenizer, labels=labels,
+                 device=args.device, grid_nrow=args.per_class if labels is not None else None)
+    from openvtp.train import dist
+
+    if dist.is_main():
+        print(f"{len(labels) if labels is not None else scfg.num_samples} samples ({scfg.method}, "
+              f"{scfg.num_steps} steps, shift {scfg.timestep_shift}, cfg {scfg.cfg_scale}) -> {npz}")
+
+
+def cmd_gfid(args) -> None:
+    from dataclasses import replace
+
+    from openvtp.generation.gfid import gfid, save_result
+
+    ckpt, cfg = _checkpoint_config(args.checkpoint, args.overrides)
+    scfg = cfg.sample if args.num_samples is None else replace(cfg.sample, num_samples=args.num_samples)
+    reference = args.reference or cfg.fid.reference
+    if not reference:
+        raise OpenVTPError("no FID reference: pass --reference (ADM .npz, stats .npz or image folder)")
+    if not Path(reference).exists():
+        raise OpenVTPError(f"FID reference not found: {reference}")
+    tokenizer = args.tokenizer or cfg.data.tokenizer
+    if not tokenizer:
+        raise OpenVTPError("no tokenizer to decode samples: pass --tokenizer MODEL")
+    result = gfid(ckpt, reference, overrides=scfg, tokenizer=tokenizer, inception=args.inception or cfg.fid.inception,
+                  save_npz=args.save_npz, device=args.device)
+    from openvtp.train import dist
+
+    if dist.is_main():
+        if args.out:
+            save_result(result, args.out)
+        print(f"gFID-{result['num_samples']} {result['fid']:.3f} vs {result['reference']} "
+              f"({scfg.method} {scfg.num_steps} steps, shift {scfg.timestep_shift}, cfg {scfg.cfg_scale})")
+
+
+def _sampling_args(p) -> None:
+    p.add_argument("checkpoint", help="DiT checkpoint folder (step_XXXXXXX) or run folder (its newest checkpoint)")
+    p.add_argument("--tokenizer", default="", help="VTP checkpoint that decodes the latents (default: data.tokenizer)")
+    p.add_argument("--num-samples", type=int, default=None, help="default: sample.num_samples of the checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("overrides", nargs="*", help="sample.* / fid.* overrides, e.g. sample.method=heun sample.cfg_scale=2")
 
 
 def register(sub) -> None:
-    """Adds no commands yet."""
+    p = sub.add_parser("extract-latents", help="encode a dataset (and its flips) to latent shards + latents_stats.pt")
+    p.add_argument("model", help="VTP checkpoint folder or hub id")
+    p.add_argument("--revision", default=None, help="hub revision")
+    p.add_argument("--data", required=True,
+                   help="'embedded', a class folder, a .csv/.jsonl caption file, or webdataset .tar shards "
+                        "(brace patterns allowed)")
+    p.add_argument("--out", required=True, help="output folder (an unfinished one is resumed)")
+    p.add_argument("--size", type=int, default=0, help="ADM centre crop side (default: the model's image size)")
+    p.add_argument("--num", type=int, default=0, help="first N images only (embedded: how many scenes, default 50k)")
+    p.add_argument("--labels", default="shape", choices=("shape", "shape_colour"), help="embedded data: what the class label is")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per output shard")
+    p.add_argument("--stats-num", type=int, default=10_000, help="random latents for the mean/std statistics")
+    p.add_argument("--workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_extract_latents)
+
+    p = sub.add_parser("train-dit", help="train a LightningDiT on extracted latents (torchrun for several GPUs)")
+    p.add_argument("--config", required=True, help="preset (dit-demo, dit-b-1-ablation, dit-xl-1-vtp) or YAML file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.latents_dir=DIR train.steps=1000")
+    p.set_defaults(func=cmd_train_dit)
+
+    p = sub.add_parser("sample", help="sample a DiT: PNGs, ADM .npz (arr_0 uint8 NHWC) and grid.png")
+    _sampling_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--labels", default="", help="comma-separated classes (default: class-balanced)")
+    p.add_argument("--per-class", type=int, default=1,
+                   help="samples per listed class, one grid row per class (with no --labels: every class)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("gfid", help="FID of class-balanced DiT samples against reference statistics or a folder")
+    _sampling_args(p)
+    p.add_argument("--reference", default="", help="ADM reference batch / stats .npz, or an image folder")
+    p.add_argument("--inception", default="", help="FID Inception weights: auto, a local file, or random (tests)")
+    p.add_argument("--save-npz", default=None, help="also write the samples in ADM's .npz layout")
+    p.add_argument("--out", default=None, help="write the result as JSON")
+    p.set_defaults(func=cmd_gfid)

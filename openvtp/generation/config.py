@@ -67,6 +67,7 @@ class DiTTrainConfig:
     ckpt_every: int = 20_000  # 0: only at the end
     keep_last: int = 3
     resume: str = ""  # '' fresh, 'latest' newest checkpoint in run_dir, or a checkpoint dir
+    time_limit_s: float = 0.0  # stop (and checkpoint) after this long; 0: no limit
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     tensorboard: bool = True
@@ -158,6 +159,7 @@ def validate(cfg: GenerationConfig, world_size: int = 1) -> None:
     _check(t.log_every > 0, "train.log_every", "must be > 0")
     _check(t.ckpt_every >= 0, "train.ckpt_every", "must be >= 0")
     _check(t.keep_last >= 1, "train.keep_last", "must be >= 1")
+    _check(t.time_limit_s >= 0, "train.time_limit_s", "must be >= 0 (0 = no limit)")
     _check(t.precision in PRECISIONS, "train.precision", f"choose from {', '.join(PRECISIONS)}")
     _check(s.method in SAMPLERS, "sample.method", f"unknown '{s.method}' (choose from {', '.join(SAMPLERS)})")
     _check(s.num_steps >= 2, "sample.num_steps", "must be >= 2 (grid points including both ends)")

@@ -90,6 +90,15 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+def _broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's flag on every rank, so that all ranks stop at the same step."""
+    if not dist.is_dist():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def _config_yaml(cfg: GenerationConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
@@ -109,6 +118,8 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
     """Train (or resume) a DiT as `cfg` says; returns the loss of every step this call ran.
 
     callback(step, terms) runs on every rank after each optimiser step (step counts completed steps).
+    With train.time_limit_s > 0 the run stops after that long with a checkpoint; every rank
+    stops at the same step (rank 0's clock decides).
     """
     info = dist.init(cfg.train.device)
     world, rank = dist.world_size(), dist.rank()
@@ -117,6 +128,9 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
     run_dir = Path(tc.run_dir)
     if not cfg.data.latents_dir:
         raise OpenVTPError("config 'data.latents_dir' is empty: point it at the output of extract-latents")
+    if not Path(cfg.data.latents_dir).is_dir():
+        raise OpenVTPError(f"config 'data.latents_dir': {cfg.data.latents_dir} does not exist "
+                           "(write it with openvtp extract-latents)")
 
     # data: latents normalised by the per-channel statistics
     stats = load_latent_stats(cfg.data.stats or cfg.data.latents_dir)
@@ -175,6 +189,7 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
         dist.barrier()
 
     history: list[float] = []
+    t_start = time.perf_counter()
     bar = tqdm(total=tc.steps, initial=step, desc="train dit", unit="step",
                disable=not (tc.progress and dist.is_main()))
     t_last, step_last = time.perf_counter(), step
@@ -217,8 +232,12 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
                 writer.add_scalar("train/steps_per_s", rate, step)
         if callback is not None:
             callback(step, terms)
-        if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps:
+        out_of_time = tc.time_limit_s > 0 and _broadcast_flag(time.perf_counter() - t_start > tc.time_limit_s, device)
+        if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or out_of_time:
             save(step)
+        if out_of_time and step < tc.steps:
+            log.info("time limit %.0fs reached at step %d; stopping", tc.time_limit_s, step)
+            break
     bar.close()
     if writer is not None:
         writer.close()
