@@ -42,7 +42,8 @@ def run_cli(capsys, *argv):
 def test_extract_train_sample_gfid(work, capsys, monkeypatch):
     lat = work / "lat"
     index = json.loads((lat / "index.json").read_text())
-    assert (index["num_images"], index["num_shards"], index["latent_shape"], index["num_classes"]) == (24, 3, [8, 4, 4], 7)
+    assert (index["num_images"], index["num_shards"], index["num_classes"]) == (24, 3, 7)
+    assert index["latent_shape"] == [8, 4, 4]
     raw = torch.load(lat / "latents_stats.pt", weights_only=True)  # the released layout, no unpickling
     assert set(raw) == {"mean", "std"} and raw["mean"].shape == raw["std"].shape == (1, 8, 1, 1)
     assert json.loads((lat / "latents_stats.json").read_text())["num"] == 24
@@ -86,8 +87,52 @@ def test_extract_train_sample_gfid(work, capsys, monkeypatch):
     assert rc == 0, err
     result = json.loads((work / "gfid.json").read_text())
     assert result["num_samples"] == 7 and np.isfinite(result["fid"]) and result["fid"] > 0
-    assert f"gFID-7 {result['fid']:.3f}" in out
+    assert f"gFID-7 {result['fid']:.3f}, IS {result['inception_score']:.3f}" in out
+    assert result["inception_score"] > 1 - 1e-9 and 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
     assert np.load(work / "gfid.npz")["arr_0"].shape == (7, 64, 64, 3)
+
+
+def _jpeg(size, colour) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_extract_from_class_folders_and_shards(work, capsys):
+    """Class sub-folders (label = sorted folder index) and webdataset tars (`.cls`, `.txt`), non-square images."""
+    import io
+    import tarfile
+
+    from safetensors.torch import load_file
+
+    root = work / "folder"
+    for k, name in enumerate(["b_cat", "a_dog"]):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            (root / name / f"{i}.jpg").write_bytes(_jpeg((80 + 10 * i, 70), (200 * k, 50, 50)))
+    rc, out, err = run_cli(capsys, "extract-latents", work / "tok", "--data", root, "--out", work / "lat_folder")
+    assert rc == 0, err
+    shard = load_file(work / "lat_folder" / "latents_00000.safetensors")
+    assert shard["labels"].tolist() == [0, 0, 1, 1] and shard["latents"].shape == (4, 8, 4, 4)
+    assert json.loads((work / "lat_folder" / "index.json").read_text())["num_classes"] == 2
+    assert json.loads((work / "lat_folder" / "captions_00000.json").read_text())[0] == "a dog"
+
+    tar_path = work / "shard-000.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for i in range(3):
+            for ext, data in (("jpg", _jpeg((64, 96), (10, 20 * i, 30))), ("cls", str(5 - i).encode()),
+                              ("txt", f"picture {i}".encode())):
+                info = tarfile.TarInfo(f"s{i:03d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    rc, out, err = run_cli(capsys, "extract-latents", work / "tok", "--data", work / "shard-{000..000}.tar",
+                           "--out", work / "lat_tar")
+    assert rc == 0, err
+    shard = load_file(work / "lat_tar" / "latents_00000.safetensors")
+    assert shard["labels"].tolist() == [5, 4, 3] and shard["latents_flip"].shape == (3, 8, 4, 4)
+    assert json.loads((work / "lat_tar" / "captions_00000.json").read_text()) == ["picture 0", "picture 1", "picture 2"]
 
 
 def test_sigkilled_training_resumes_with_the_same_losses(work):
@@ -159,6 +204,7 @@ def test_stats_written_in_the_released_layout_load(work, tmp_path):
     (["sample", "{tmp}/no_run", "--tokenizer", "{tok}", "--out", "{tmp}/o"], "no DiT checkpoint"),
     (["sample", "{run}", "--tokenizer", "{tok}", "--out", "{tmp}/o", "train.steps=3"], "only sample.*"),
     (["gfid", "{run}", "--tokenizer", "{tok}", "--reference", "{tmp}/no_ref.npz"], "FID reference not found"),
+    (["demo-generation", "{tmp}/missing_tok"], "tokenizer folder not found"),
 ])
 def test_bad_input_is_one_line(work, tmp_path, capsys, argv, message):
     run = work / "dit"

@@ -1,4 +1,4 @@
-"""Generation commands: `extract-latents`, `train-dit`, `sample`, `gfid`.
+"""Generation commands: `extract-latents`, `train-dit`, `sample`, `gfid`, `demo-generation`.
 
 Thin wrappers over `openvtp.generation`; every check that can fail on user input (paths,
 config keys, impossible values) runs before the model or data are touched.
@@ -127,8 +127,27 @@ def cmd_gfid(args) -> None:
     if dist.is_main():
         if args.out:
             save_result(result, args.out)
-        print(f"gFID-{result['num_samples']} {result['fid']:.3f} vs {result['reference']} "
+        extras = "".join(f", {name} {result[key]:.3f}" for key, name in (
+            ("inception_score", "IS"), ("precision", "precision"), ("recall", "recall")) if result[key] is not None)
+        print(f"gFID-{result['num_samples']} {result['fid']:.3f}{extras} vs {result['reference']} "
               f"({scfg.method} {scfg.num_steps} steps, shift {scfg.timestep_shift}, cfg {scfg.cfg_scale})")
+
+
+def cmd_demo_generation(args) -> None:
+    from openvtp.generation.demo import run_generation_demo
+
+    if not Path(args.tokenizer).is_dir():
+        raise OpenVTPError(f"tokenizer folder not found: {args.tokenizer} (run openvtp demo first)")
+    summary = run_generation_demo(args.tokenizer, args.out, time_budget_s=args.budget, seed=args.seed,
+                                  condition=args.condition, overrides=tuple(args.overrides))
+    f = summary["figures"]
+    print(f"\nopenvtp demo-generation: DiT {summary['dit']['steps']} steps, {summary['time_s']:.0f}s "
+          f"-> {Path(args.out) / 'generation'}")
+    for key, name in (("shape_acc", "shape accuracy"), ("colour_acc", "colour accuracy"),
+                      ("frechet_probe", "Frechet distance (judge features)")):
+        if f["generated"][key] is not None:
+            print(f"  {name}: generated {f['generated'][key]:.3f}, reconstructed {f['reconstructed'][key]:.3f}, "
+                  f"real {f['real'][key]:.3f}")
 
 
 def _sampling_args(p) -> None:
@@ -136,7 +155,8 @@ def _sampling_args(p) -> None:
     p.add_argument("--tokenizer", default="", help="VTP checkpoint that decodes the latents (default: data.tokenizer)")
     p.add_argument("--num-samples", type=int, default=None, help="default: sample.num_samples of the checkpoint")
     p.add_argument("--device", default="auto")
-    p.add_argument("overrides", nargs="*", help="sample.* / fid.* overrides, e.g. sample.method=heun sample.cfg_scale=2")
+    p.add_argument("overrides", nargs="*",
+                   help="sample.* / fid.* overrides, e.g. sample.method=heun sample.cfg_scale=2")
 
 
 def register(sub) -> None:
@@ -149,7 +169,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (an unfinished one is resumed)")
     p.add_argument("--size", type=int, default=0, help="ADM centre crop side (default: the model's image size)")
     p.add_argument("--num", type=int, default=0, help="first N images only (embedded: how many scenes, default 50k)")
-    p.add_argument("--labels", default="shape", choices=("shape", "shape_colour"), help="embedded data: what the class label is")
+    p.add_argument("--labels", default="shape", choices=("shape", "shape_colour"),
+                   help="embedded data: what the class label is")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=10_000, help="images per output shard")
     p.add_argument("--stats-num", type=int, default=10_000, help="random latents for the mean/std statistics")
@@ -162,6 +183,15 @@ def register(sub) -> None:
     p.add_argument("--config", required=True, help="preset (dit-demo, dit-b-1-ablation, dit-xl-1-vtp) or YAML file")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.latents_dir=DIR train.steps=1000")
     p.set_defaults(func=cmd_train_dit)
+
+    p = sub.add_parser("demo-generation", help="the demo's generation half alone, on an exported demo tokenizer")
+    p.add_argument("tokenizer", help="tokenizer folder, e.g. runs/demo/tokenizer")
+    p.add_argument("--out", default="runs/demo", help="run folder; writes OUT/generation/")
+    p.add_argument("--budget", type=float, default=720.0, help="seconds for the whole generation half")
+    p.add_argument("--condition", default="shape", choices=("shape", "shape_colour"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="dit-demo preset overrides, e.g. train.lr=5e-4")
+    p.set_defaults(func=cmd_demo_generation)
 
     p = sub.add_parser("sample", help="sample a DiT: PNGs, ADM .npz (arr_0 uint8 NHWC) and grid.png")
     _sampling_args(p)

@@ -29,7 +29,7 @@ from openvtp.errors import OpenVTPError
 from openvtp.generation.attribute_probe import (REFERENCE_SEED, AttributeProbe, generation_quality, render,
                                                 reference_images, train_attribute_probe)
 from openvtp.generation.config import GenerationConfig, dit_kwargs, validate
-from openvtp.generation.latents import extract_latents
+from openvtp.generation.latents import LatentDataset, extract_latents
 from openvtp.generation.sample import sample, save_grid
 from openvtp.generation.sources import open_source
 from openvtp.generation.train import build_dit_for_data, train_dit
@@ -39,23 +39,40 @@ PRESET = "dit-demo"
 REAL_SEED = REFERENCE_SEED + 1  # the real images whose figures the generated ones are read against
 PROBE_SHARE = 0.12  # of the budget: the judge's training (capped at PROBE_STEPS steps)
 PROBE_STEPS = 600
-SAMPLING_SAFETY = 1.6
-SIZE_KEYS = ("hidden_size", "depth", "num_heads", "patch_size")  # the sampling reserve is this many times the timed estimate
+SAMPLING_SAFETY = 1.6  # the sampling reserve is this many times the timed estimate
+SIZE_KEYS = ("hidden_size", "depth", "num_heads", "patch_size")
 
 
-def _labelled_rows(images01: torch.Tensor, names: list[str], per_row: int, path: Path) -> Path:
-    """A PNG grid with one row per name, the name written at its left."""
+def _labelled_rows(images01: torch.Tensor, names: list[str], per_row: int, path: Path,
+                   columns: list[str] | None = None) -> Path:
+    """A PNG grid with one row per name, the name written at its left (and `columns` names above)."""
     save_grid(images01, path, per_row)
     grid = Image.open(path).convert("RGB")
-    margin = 8 + 7 * max(len(n) for n in names)
-    canvas = Image.new("RGB", (grid.width + margin, grid.height), (255, 255, 255))
-    canvas.paste(grid, (margin, 0))
+    margin, top = 8 + 7 * max(len(n) for n in names), 14 if columns else 0
+    canvas = Image.new("RGB", (grid.width + margin, grid.height + top), (255, 255, 255))
+    canvas.paste(grid, (margin, top))
     draw = ImageDraw.Draw(canvas)
     row_h = (grid.height - 2) / len(names)
     for i, name in enumerate(names):
-        draw.text((4, int(2 + (i + 0.45) * row_h)), name, fill=(0, 0, 0))
+        draw.text((4, int(top + 2 + (i + 0.45) * row_h)), name, fill=(0, 0, 0))
+    for j, name in enumerate(columns or []):
+        draw.text((margin + 4 + int(j * (grid.width - 2) / len(columns)), 2), name, fill=(0, 0, 0))
     canvas.save(path)
     return path
+
+
+def _grid_layout(condition: str, per_class: int) -> tuple[list[int | None], list[str], int, list[str] | None]:
+    """Grid cells as class ids (None: an empty cell), row names, cells per row, column names.
+
+    shape: one row per shape, per_class samples each. shape_colour: one row per shape, a group of
+    cells per colour; pairs held out of training stay empty (their labels were never trained).
+    """
+    if condition == "shape":
+        return [k for k in range(len(SHAPES)) for _ in range(per_class)], list(SHAPES), per_class, None
+    seen = set(SEEN_IDS)
+    cells = [s * len(COLOURS) + c if (s, c) in seen else None
+             for s in range(len(SHAPES)) for c in range(len(COLOURS)) for _ in range(per_class)]
+    return cells, list(SHAPES), len(COLOURS) * per_class, list(COLOURS)
 
 
 def _classes(condition: str) -> tuple[list[int], list[str]]:
@@ -86,6 +103,17 @@ def _time_forward(model: torch.nn.Module, latent_shape: tuple[int, int, int], ba
         model(x, t, y)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _time_probe_step(size: int, batch: int = 64) -> float:
+    """Seconds of one forward + backward pass of the judge (after a warm-up pass)."""
+    probe, x = AttributeProbe(), torch.rand(batch, 3, size, size)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        sum(h.sum() for h in probe(x)).backward()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
 
 
 def run_generation_demo(
@@ -146,14 +174,7 @@ def run_generation_demo(
     t = lap("latents", t)
 
     # 2. the judge, trained on real scenes for its share of the budget
-    probe_steps = PROBE_STEPS
-    timing = AttributeProbe()
-    x = torch.rand(64, 3, size, size)
-    for i in range(3):  # a warm-up pass, then two timed forward + backward passes
-        if i == 1:
-            t_probe = time.perf_counter()
-        sum(h.sum() for h in timing(x)).backward()
-    per_step = (time.perf_counter() - t_probe) / 2
+    per_step = _time_probe_step(size)
     probe_steps = int(max(20, min(PROBE_STEPS, PROBE_SHARE * time_budget_s / (1.15 * per_step))))
     probe = train_attribute_probe(size, steps=probe_steps, seed=seed, progress=progress)
     t = lap("judge", t)
@@ -168,16 +189,18 @@ def run_generation_demo(
     t = lap("reference images", t)
 
     # 4. the DiT, for the time left after reserving the sampling
-    from openvtp.generation.latents import LatentDataset
-
+    cells, row_names, per_row, col_names = _grid_layout(condition, grid_per_class if condition == "shape"
+                                                        else max(1, grid_per_class // 4))
+    grid_labels = torch.tensor([c for c in cells if c is not None])
     latent_shape = LatentDataset(out / "latents").latent_shape
     dit, _ = build_dit_for_data(cfg, latent_shape)
     s = cfg.sample
     passes = (s.num_steps - 1) * (2 if s.cfg_scale != 1.0 else 1)  # Euler; dopri5 is not budgeted
     per_batch = _time_forward(dit.eval(), latent_shape, s.batch_size)
-    n_all = n_eval + grid_per_class * len(class_ids)
+    n_all = n_eval + len(grid_labels)
     decode_s = phases["reference images"] * n_all / max(1, n_eval + 1000)
-    reserve = SAMPLING_SAFETY * (per_batch * passes * n_all / s.batch_size + decode_s) + min(10.0, 0.05 * time_budget_s)
+    reserve = SAMPLING_SAFETY * (per_batch * passes * n_all / s.batch_size + decode_s)
+    reserve += min(10.0, 0.05 * time_budget_s)  # loading, the judge's passes
     params = sum(p.numel() for p in dit.parameters())
     del dit
     left = time_budget_s - (time.perf_counter() - start) - reserve
@@ -190,13 +213,15 @@ def run_generation_demo(
     t = lap("dit", t)
 
     # 5. samples: a grid (first rows) and samples_per_class more per class for the figures
-    grid_labels = torch.tensor(class_ids).repeat_interleave(grid_per_class)
     eval_labels = torch.tensor(class_ids).repeat(samples_per_class)
     labels = torch.cat([grid_labels, eval_labels])
     npz = sample(out / "dit", out / "samples", replace(s, save_png=False, grid_images=0), tokenizer=vtp,
                  labels=labels, device="cpu", progress=progress)
     images01 = torch.from_numpy(np.load(npz)["arr_0"]).permute(0, 3, 1, 2).float() / 255
-    grid = _labelled_rows(images01[: len(grid_labels)], class_names, grid_per_class, out / "samples_grid.png")
+    filled = iter(images01[: len(grid_labels)])
+    blank = torch.ones_like(images01[0])
+    grid = _labelled_rows(torch.stack([next(filled) if c is not None else blank for c in cells]), row_names, per_row,
+                          out / "samples_grid.png", col_names)
     order = torch.cat([torch.nonzero(real["shape"] == k)[:grid_per_class, 0] for k in range(len(SHAPES))]) \
         if condition == "shape" else None
     if order is not None:

@@ -5,8 +5,11 @@ or an image folder; features come from the standard FID Inception of `openvtp.ev
 Images are featurised batch by batch, so N = 50k never sits in memory; under torchrun each rank
 makes a disjoint part and the features are gathered on rank 0.
 
-Inception Score and precision/recall are not computed: torch-fidelity offers them only through
-its own weight loading (a download plus a full unpickle) and, for precision/recall, not at all.
+Inception Score and precision/recall come from torch-fidelity's metric functions applied to the
+features computed here (its own entry points would fetch and unpickle the weights themselves):
+IS from the Inception's `logits_unbiased` (10 splits), precision/recall (Kynkaenniemi et al. 2019,
+k = 3, as ADM's evaluator) on the pool features, which needs reference images (a folder, or an
+.npz with `arr_0` such as ADM's reference batch), not only mu/sigma.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from torch import nn
 
 from openvtp.errors import OpenVTPError
 from openvtp.eval.fid import (FeatureExtractor, InceptionFeatures, feature_statistics, frechet_distance,
-                              image_set_features, load_stats)
+                              image_set_features, load_stats, to_uint8)
 from openvtp.generation.config import SampleConfig, validate
 from openvtp.generation.sample import (balanced_labels, iter_samples, load_dit, load_tokenizer, to_uint8_hwc,
                                        write_npz)
@@ -38,6 +41,41 @@ def reference_statistics(reference: str | Path, extractor: FeatureExtractor, bat
     if path.suffix == ".npz":
         return load_stats(path, extractor, batch_size)
     raise OpenVTPError(f"FID reference must be an .npz or an image folder, got {path}")
+
+
+def reference_features(reference: str | Path, extractor: FeatureExtractor, batch_size: int = 50
+                       ) -> np.ndarray | None:
+    """Pool features of the reference images (folder, or .npz with `arr_0`); None for statistics only."""
+    path = Path(reference)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            if "arr_0" not in data:
+                return None
+    feats, _ = image_set_features(path, extractor, batch_size)
+    return np.asarray(feats, dtype=np.float64)
+
+
+def _has_statistics(reference: str | Path) -> bool:
+    path = Path(reference)
+    if path.suffix != ".npz":
+        return False
+    with np.load(path, allow_pickle=False) as data:
+        return "mu" in data and "sigma" in data
+
+
+@torch.inference_mode()
+def inception_logits(extractor: FeatureExtractor, images01: torch.Tensor) -> np.ndarray | None:
+    """(B, 1008) `logits_unbiased` of the FID Inception for IS; None for other extractors."""
+    model = getattr(extractor, "model", None)
+    if not isinstance(extractor, InceptionFeatures) or not hasattr(model, "features_list"):
+        return None
+    saved, model.features_list = model.features_list, ["logits_unbiased"]
+    try:
+        out = [model(chunk.to(extractor.device))[0].double().cpu() for chunk in to_uint8(images01).split(
+            extractor.batch_size)]
+    finally:
+        model.features_list = saved
+    return torch.cat(out).numpy()
 
 
 def _gather(feats: np.ndarray) -> np.ndarray:
@@ -64,8 +102,9 @@ def gfid(
 
     Unset arguments fall back to the checkpoint's config (sample.*, fid.reference, fid.inception,
     data.tokenizer). `extractor` replaces the Inception (tests). save_npz also writes the samples
-    in ADM's layout. Returns {"fid", "num_samples", "reference", "sample": settings}; every rank
-    gets the same dict.
+    in ADM's layout. Returns {"fid", "inception_score", "inception_score_std", "precision",
+    "recall", "num_samples", "reference", "sample": settings} (IS needs the FID Inception,
+    precision/recall reference images; otherwise they are None); every rank gets the same dict.
     """
     info = dist.init(device)
     model, cfg, stats = load_dit(checkpoint, overrides.use_ema if overrides else None, info.device)
@@ -84,19 +123,38 @@ def gfid(
 
     labels = balanced_labels(scfg.num_samples, model.num_classes)
     mine = torch.arange(len(labels))[dist.rank()::dist.world_size()]
-    feats, kept, kept_idx = [], [], []
+    feats, logits, kept, kept_idx = [], [], [], []
     for idx, _, images in iter_samples(model, decoder.decode, stats, labels, scfg, cfg.data.latent_multiplier,
                                        mine, progress and dist.is_main()):
         feats.append(extractor.extract([images], total=len(images)).numpy())
+        logits.append(inception_logits(extractor, images))
         if save_npz:
             kept.append(to_uint8_hwc(images))
             kept_idx.append(idx.numpy())
     feats = _gather(np.concatenate(feats))
+    logits = None if logits[0] is None else _gather(np.concatenate(logits))
     result = None
     if dist.is_main():
-        mu_ref, sigma_ref = reference_statistics(reference, extractor, cfg.fid.batch_size)
+        from torch_fidelity.metric_isc import isc_features_to_metric
+        from torch_fidelity.metric_prc import calculate_precision_recall_part
+
+        # ADM's evaluator: stored mu/sigma when the reference has them, its images' features for precision/recall
+        ref_feats = reference_features(reference, extractor, cfg.fid.batch_size)
+        if ref_feats is not None and not _has_statistics(reference):
+            mu_ref, sigma_ref = feature_statistics(ref_feats)
+        else:
+            mu_ref, sigma_ref = reference_statistics(reference, extractor, cfg.fid.batch_size)
         fid = frechet_distance(*feature_statistics(feats), mu_ref, sigma_ref)
-        result = {"fid": fid, "num_samples": int(len(feats)), "reference": str(reference), "sample": vars(scfg)}
+        result = {"fid": fid, "inception_score": None, "inception_score_std": None, "precision": None,
+                  "recall": None, "num_samples": int(len(feats)), "reference": str(reference), "sample": vars(scfg)}
+        if logits is not None:
+            isc = isc_features_to_metric(torch.from_numpy(logits), splits=min(10, len(logits)))
+            result["inception_score"], result["inception_score_std"] = isc["inception_score_mean"], \
+                isc["inception_score_std"]
+        k = 3  # ADM's evaluator and Kynkaenniemi et al.
+        if ref_feats is not None and min(len(ref_feats), len(feats)) > k:
+            result["precision"], result["recall"] = calculate_precision_recall_part(
+                torch.from_numpy(feats), torch.from_numpy(ref_feats), neighborhood=k)
     if save_npz:
         images = _gather(np.concatenate(kept))
         order = _gather(np.concatenate(kept_idx))

@@ -138,7 +138,8 @@ def open_source(data: str, image_size: int, num: int | None = None, seed: int = 
     elif not path.exists():
         raise OpenVTPError(f"--data {data}: no such file or folder (or use 'embedded')")
     else:
-        raise OpenVTPError(f"--data {data}: expected 'embedded', a class folder, a .csv/.jsonl caption file or .tar shards")
+        raise OpenVTPError(f"--data {data}: expected 'embedded', a class folder, a .csv/.jsonl caption file "
+                           "or .tar shards")
     if num:
         from torch.utils.data import Subset
 
