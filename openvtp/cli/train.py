@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from openvtp.errors import OpenVTPError
+
 
 def cmd_pretrain(args) -> None:
     from openvtp.config.load import load_config
@@ -17,25 +19,42 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    """The main job on the embedded data: pre-train the `demo` preset, then report held-out figures."""
+    """The main job on the embedded data: pre-train the `demo` preset, report held-out figures, then
+    train a DiT on its latents and report generation figures (`--generation-budget 0` skips that)."""
     from openvtp.config.load import load_config
     from openvtp.config.schema import PretrainConfig
     from openvtp.train.loop import pretrain
 
+    if args.generation_budget < 0:
+        raise OpenVTPError(f"--generation-budget must be >= 0 seconds, got {args.generation_budget}")
     cfg = load_config(PretrainConfig, "demo", [f"train.out_dir={args.out}", *args.overrides])
     summary = pretrain(cfg)
     held = summary.get("heldout", {})
-    print(f"\nopenvtp demo: {summary['steps']} steps in {summary['train_time_s']:.0f}s -> {args.out}")
+    lines = [f"openvtp demo: {summary['steps']} pre-training steps in {summary['train_time_s']:.0f}s -> {args.out}"]
     for key in ("shape", "colour"):
         if f"zeroshot_{key}" in held:
-            print(f"  zero-shot {key:<6} on unseen (shape, colour) pairs: {held[f'zeroshot_{key}']:.1f}% "
-                  f"(chance {held[f'zeroshot_{key}_chance']:.1f}%)")
+            lines.append(f"  zero-shot {key:<6} on unseen (shape, colour) pairs: {held[f'zeroshot_{key}']:.1f}% "
+                         f"(chance {held[f'zeroshot_{key}_chance']:.1f}%)")
     if "knn_shape" in held:
-        print(f"  kNN shape accuracy: {held['knn_shape']:.1f}%")
+        lines.append(f"  kNN shape accuracy: {held['knn_shape']:.1f}%")
     if "psnr" in held:
-        print(f"  reconstruction PSNR: {held['psnr']:.2f} dB (per-patch mean-colour baseline "
-              f"{held['psnr_patch_mean_baseline']:.2f} dB)")
-    print(f"  summary: {Path(args.out) / 'summary.json'}  tensorboard: {Path(args.out) / 'tensorboard'}")
+        lines.append(f"  reconstruction PSNR: {held['psnr']:.2f} dB (per-patch mean-colour baseline "
+                     f"{held['psnr_patch_mean_baseline']:.2f} dB)")
+    if args.generation_budget > 0:
+        from openvtp.generation.demo import run_generation_demo
+
+        gen = run_generation_demo(Path(args.out) / "tokenizer", args.out, time_budget_s=args.generation_budget,
+                                  seed=cfg.train.seed)
+        fig = gen["figures"]
+        lines.append(f"  generation ({gen['dit']['steps']} DiT steps, {gen['sampling']['samples']} samples "
+                     f"conditioned on {gen['condition']}): judge accuracy on the requested shape "
+                     f"{100 * fig['generated']['shape_acc']:.1f}% (reconstructions {100 * fig['reconstructed']['shape_acc']:.1f}%, "
+                     f"real {100 * fig['real']['shape_acc']:.1f}%, chance {100 * gen['chance']:.1f}%)")
+        lines.append(f"  Frechet distance in the judge's features: generated {fig['generated']['frechet_probe']:.2f}, "
+                     f"reconstructed {fig['reconstructed']['frechet_probe']:.2f}, real {fig['real']['frechet_probe']:.2f}")
+        lines.append(f"  sample grid: {gen['grid']}")
+    lines.append(f"  summary: {Path(args.out) / 'summary.json'}  tensorboard: {Path(args.out) / 'tensorboard'}")
+    print("\n" + "\n".join(lines))
 
 
 def cmd_finetune_decoder(args) -> None:
@@ -56,6 +75,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("demo", help="the main job on the embedded data (what `make demo` runs)")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--generation-budget", type=float, default=660.0,
+                   help="seconds for the generation half (latents, judge, DiT, samples); 0 skips it")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the demo preset")
     p.set_defaults(func=cmd_demo)
 
