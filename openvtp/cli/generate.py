@@ -188,7 +188,7 @@ def register(sub) -> None:
     p.add_argument("tokenizer", help="tokenizer folder, e.g. runs/demo/tokenizer")
     p.add_argument("--out", default="runs/demo", help="run folder; writes OUT/generation/")
     p.add_argument("--budget", type=float, default=720.0, help="seconds for the whole generation half")
-    p.add_argument("--condition", default="shape", choices=("shape", "shape_colour"))
+    p.add_argument("--condition", default="shape_colour", choices=("shape_colour", "shape"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", help="dit-demo preset overrides, e.g. train.lr=5e-4")
     p.set_defaults(func=cmd_demo_generation)

@@ -4,7 +4,7 @@ Runs after the demo's pre-training, within a fixed time budget on CPU. Phases, i
 latent extraction of embedded train scenes (and flips) with their statistics; the attribute
 judge (a small CNN trained on real scenes, `attribute_probe`); a LightningDiT trained with
 flow matching for whatever time is left after reserving the sampling; class-conditional samples
-as a grid (one row per shape) and as an ADM .npz; the figures. Every figure comes in three
+as a grid (a row per shape, a group of columns per colour) and as an ADM .npz; the figures. Every figure comes in three
 rows so it can be read: generated images, reconstructions of real images (the tokenizer's
 ceiling: a generator on its latents cannot do better) and the real images themselves (the
 judge's own ceiling, and the sample-size floor of the Frechet distance).
@@ -122,18 +122,21 @@ def run_generation_demo(
     *,
     time_budget_s: float = 720.0,
     seed: int = 0,
-    condition: str = "shape",
+    condition: str = "shape_colour",
     num_images: int = 4000,
-    samples_per_class: int = 50,
-    grid_per_class: int = 8,
+    eval_samples: int = 350,
+    grid_per_class: int | None = None,
     overrides: tuple[str, ...] = (),
     progress: bool = True,
 ) -> dict:
     """Generation half of `openvtp demo`: writes `out_dir/generation/` and returns its summary.
 
-    tokenizer: the exported VTP folder (e.g. runs/demo/tokenizer). condition: "shape" (7 classes)
-    or "shape_colour" (the 39 (shape, colour) pairs of the train split). num_images: embedded
-    train scenes encoded (each also flipped). overrides: dotted `dit-demo` preset overrides.
+    tokenizer: the exported VTP folder (e.g. runs/demo/tokenizer). condition: "shape_colour" (the
+    39 (shape, colour) pairs of the train split, labels shape * 7 + colour) or "shape" (7 classes).
+    num_images: embedded train scenes encoded (each also flipped). eval_samples: generated images
+    judged (class-balanced, rounded up to a multiple of the classes), and as many real ones.
+    grid_per_class: samples per class in the grid (default 8 per shape, 2 per pair).
+    overrides: dotted `dit-demo` preset overrides.
     The DiT trains for the time left after the other phases, so the whole call takes about
     `time_budget_s` on any machine (and less if the preset's step count is reached first).
     """
@@ -181,6 +184,7 @@ def run_generation_demo(
 
     # 3. real images (reference and judged sets) and their reconstructions
     reference = reference_images(size, 1000)
+    samples_per_class = -(-eval_samples // len(class_ids))
     n_eval = samples_per_class * len(class_ids)
     real = render("train", size, n_eval, seed=REAL_SEED)
     real01 = real["images"].float() / 255
@@ -189,8 +193,8 @@ def run_generation_demo(
     t = lap("reference images", t)
 
     # 4. the DiT, for the time left after reserving the sampling
-    cells, row_names, per_row, col_names = _grid_layout(condition, grid_per_class if condition == "shape"
-                                                        else max(1, grid_per_class // 4))
+    cells, row_names, per_row, col_names = _grid_layout(condition, grid_per_class or
+                                                        (8 if condition == "shape" else 2))
     grid_labels = torch.tensor([c for c in cells if c is not None])
     latent_shape = LatentDataset(out / "latents").latent_shape
     dit, _ = build_dit_for_data(cfg, latent_shape)
@@ -212,7 +216,7 @@ def run_generation_demo(
     history = train_dit(cfg)
     t = lap("dit", t)
 
-    # 5. samples: a grid (first rows) and samples_per_class more per class for the figures
+    # 5. samples: the grid's, then samples_per_class more per class for the figures
     eval_labels = torch.tensor(class_ids).repeat(samples_per_class)
     labels = torch.cat([grid_labels, eval_labels])
     npz = sample(out / "dit", out / "samples", replace(s, save_png=False, grid_images=0), tokenizer=vtp,
@@ -222,10 +226,11 @@ def run_generation_demo(
     blank = torch.ones_like(images01[0])
     grid = _labelled_rows(torch.stack([next(filled) if c is not None else blank for c in cells]), row_names, per_row,
                           out / "samples_grid.png", col_names)
-    order = torch.cat([torch.nonzero(real["shape"] == k)[:grid_per_class, 0] for k in range(len(SHAPES))]) \
-        if condition == "shape" else None
-    if order is not None:
-        _labelled_rows(recon01[order], class_names, grid_per_class, out / "reconstructions_grid.png")
+    # the same cells filled with reconstructions of real images of that class, where the real set has one
+    real_class = real["shape"] * len(COLOURS) + real["colour"] if condition == "shape_colour" else real["shape"]
+    unused = {int(c): torch.nonzero(real_class == c)[:, 0].tolist()[::-1] for c in set(grid_labels.tolist())}
+    recon_cells = [recon01[unused[c].pop()] if c is not None and unused[c] else blank for c in cells]
+    _labelled_rows(torch.stack(recon_cells), row_names, per_row, out / "reconstructions_grid.png", col_names)
     t = lap("sampling", t)
 
     # 6. figures: generated vs reconstructed vs real, all against the same reference images
@@ -262,8 +267,10 @@ def run_generation_demo(
         "time_budget_s": time_budget_s,
     }
     _write_json(summary, out / "summary.json")
-    g, r, q = figures["generated"], figures["reconstructed"], figures["real"]
-    log.info("generation demo: shape accuracy generated %.1f%% / reconstructed %.1f%% / real %.1f%% (chance %.1f%%); "
-             "Frechet (judge features) %.2f / %.2f / %.2f", 100 * g["shape_acc"], 100 * r["shape_acc"],
-             100 * q["shape_acc"], 100 / len(SHAPES), g["frechet_probe"], r["frechet_probe"], q["frechet_probe"])
+    rows = [figures[k] for k in ("generated", "reconstructed", "real")]
+    for key, name in (("shape_acc", "shape accuracy"), ("colour_acc", "colour accuracy"),
+                      ("frechet_probe", "Frechet distance (judge features)")):
+        if rows[0][key] is not None:
+            log.info("generation demo: %s generated %.3f / reconstructed %.3f / real %.3f", name,
+                     *(r[key] for r in rows))
     return summary
