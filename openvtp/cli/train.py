@@ -50,6 +50,10 @@ def cmd_demo(args) -> None:
                      f"conditioned on {gen['condition']}): judge accuracy on the requested shape "
                      f"{100 * fig['generated']['shape_acc']:.1f}% (reconstructions {100 * fig['reconstructed']['shape_acc']:.1f}%, "
                      f"real {100 * fig['real']['shape_acc']:.1f}%, chance {100 * gen['chance']:.1f}%)")
+        if fig["generated"].get("colour_acc") is not None:
+            lines.append(f"  judge accuracy on the requested colour: generated {100 * fig['generated']['colour_acc']:.1f}% "
+                         f"(reconstructions {100 * fig['reconstructed']['colour_acc']:.1f}%, "
+                         f"real {100 * fig['real']['colour_acc']:.1f}%)")
         lines.append(f"  Frechet distance in the judge's features: generated {fig['generated']['frechet_probe']:.2f}, "
                      f"reconstructed {fig['reconstructed']['frechet_probe']:.2f}, real {fig['real']['frechet_probe']:.2f}")
         lines.append(f"  sample grid: {gen['grid']}")
