@@ -103,6 +103,7 @@ class TrainConfig:
     max_bad_steps: int = 5          # consecutive non-finite losses before the run stops
     resume: str = ""                # '' | latest | path to a checkpoint directory
     time_limit_s: float = 0.0       # stop (and checkpoint) after this long; 0: no limit
+    threads: int = 0                # CPU threads for the step (torch.set_num_threads); 0: torch's default
 
 
 @dataclass
@@ -181,6 +182,7 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     need(cfg.clip.weight == 0 or m.train_clip, "clip.weight > 0 needs a text tower (model.train_clip=true)")
     need(cfg.recon.weight == 0 or m.train_reconstruction, "recon.weight > 0 needs a decoder (model.train_reconstruction=true)")
     need(t.steps > 0, "train.steps must be positive")
+    need(t.threads >= 0, "train.threads must be >= 0 (0: torch's default)")
     need(t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
     need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
     p = m.vision_patch_size

@@ -83,6 +83,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         save_config(cfg, out / "config.yaml")
     dist.barrier()
 
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     model = VTPModel(cfg.model)
     task = PretrainTask(cfg, model).to(info.device)
