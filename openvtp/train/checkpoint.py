@@ -94,3 +94,14 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise OpenVTPError(f"{file} is not an openvtp checkpoint of format {FORMAT_VERSION}")
     return state
+
+
+def restore_checkpoint(path: str | Path, parts: dict[str, Any]) -> int:
+    """Load `state[key]` into each `parts[key]` (anything with `load_state_dict`); returns the step."""
+    state = load_checkpoint(path)
+    try:
+        for key, part in parts.items():
+            part.load_state_dict(state[key])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise OpenVTPError(f"checkpoint {path} does not match this config: {str(e).splitlines()[0]}") from None
+    return int(state["step"])

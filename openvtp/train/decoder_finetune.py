@@ -25,7 +25,7 @@ from openvtp.losses.gan import PatchDiscriminator, adaptive_weight, generator_ad
 from openvtp.models import VTPModel
 
 from . import dist
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
 from .data import build_loader
 from .logger import RunLogger
 from .loop import _autocast, param_groups
@@ -135,15 +135,8 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
     start = 0
     resume_from = resolve_resume(out, cfg.train.resume)
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        try:
-            model.pixel_decoder.load_state_dict(state["decoder"])
-            task.disc.load_state_dict(state["discriminator"])
-            opt_g.load_state_dict(state["opt_g"])
-            opt_d.load_state_dict(state["opt_d"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise OpenVTPError(f"checkpoint {resume_from} does not match this config: {str(e).splitlines()[0]}") from None
-        start = int(state["step"])
+        start = restore_checkpoint(resume_from, {"decoder": model.pixel_decoder, "discriminator": task.disc,
+                                                  "opt_g": opt_g, "opt_d": opt_d})
         if main:
             log.info("resumed from %s at step %d", resume_from, start)
 

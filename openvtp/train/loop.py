@@ -22,7 +22,7 @@ from openvtp.errors import OpenVTPError
 from openvtp.models import VTPModel
 
 from . import dist
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
 from .data import build_loader
 from .logger import RunLogger
 from .schedules import cosine, warmup_cosine
@@ -93,13 +93,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     start = 0
     resume_from = resolve_resume(out, cfg.train.resume)
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        try:
-            task.load_state_dict(state["task"])
-            opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise OpenVTPError(f"checkpoint {resume_from} does not match this config: {str(e).splitlines()[0]}") from None
-        start = int(state["step"])
+        start = restore_checkpoint(resume_from, {"task": task, "optimizer": opt})
         if main:
             log.info("resumed from %s at step %d", resume_from, start)
     wrapped = DDP(task, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.world_size > 1 else task
