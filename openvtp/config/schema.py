@@ -7,7 +7,6 @@ silent); sizes default to the released VTP-L.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from openvtp.errors import OpenVTPError
 from openvtp.models.config import VTPConfig

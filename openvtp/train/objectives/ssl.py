@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.distributed as torch_dist
 from torch import nn
 
 from openvtp.config.schema import SSLConfig
