@@ -71,6 +71,8 @@ def test_bad_inputs_are_one_line_errors(stage1, tmp_path):
         finetune_decoder(_config(no_decoder, tmp_path / "x", "train.steps=1"))
     with pytest.raises(OpenVTPError, match="accum_steps"):
         finetune_decoder(_config(stage1, tmp_path / "y", "optim.accum_steps=2"))
+    with pytest.raises(OpenVTPError, match="data.photo_fraction"):  # the checks shared with pre-training apply
+        finetune_decoder(_config(stage1, tmp_path / "y", "data.photo_fraction=2"))
     res = subprocess.run([sys.executable, "-m", "openvtp", "finetune-decoder", str(tmp_path / "missing"),
                           f"train.out_dir={tmp_path / 'z'}"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "Traceback" not in res.stderr

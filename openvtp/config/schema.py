@@ -149,61 +149,59 @@ class FinetuneDecoderConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=20000, batch=256, out_dir="runs/decoder"))
 
 
-def validate_finetune(cfg: FinetuneDecoderConfig, world_size: int = 1) -> None:
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise OpenVTPError(f"config: {msg}")
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise OpenVTPError(f"config: {msg}")
 
+
+def _validate_train_and_data(t: TrainConfig, d: DataConfig) -> None:
+    """Checks shared by every config tree that has a `train` and a `data` section."""
+    _need(t.steps > 0, "train.steps must be positive")
+    _need(t.threads >= 0, "train.threads must be >= 0 (0: torch's default)")
+    _need(t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
+    _need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
+    _need(d.source in ("embedded", "shards", "folder"), "data.source must be embedded, shards or folder")
+    _need(d.source == "embedded" or d.path, f"data.path is required for data.source={d.source}")
+    _need(0 <= d.photo_fraction <= 1, "data.photo_fraction must be in [0, 1]")
+    _need(0 <= d.colours_per_batch <= 7, "data.colours_per_batch must be in 0..7 (0: every colour)")
+
+
+def validate_finetune(cfg: FinetuneDecoderConfig, world_size: int = 1) -> None:
     t = cfg.train
-    need(bool(cfg.init), "init (the stage-1 tokenizer to fine-tune) is required")
-    need(t.steps > 0, "train.steps must be positive")
-    need(t.batch > 0 and t.batch % world_size == 0, f"train.batch {t.batch} is not divisible by the world size {world_size}")
-    need(cfg.optim.accum_steps == 1, "optim.accum_steps must be 1 for decoder fine-tuning")
-    need(cfg.loss.l1_weight >= 0 and cfg.loss.lpips_weight >= 0 and cfg.gan.weight >= 0, "loss weights must be >= 0")
-    need(cfg.loss.l1_weight > 0 or cfg.loss.lpips_weight > 0, "loss.l1_weight or loss.lpips_weight must be > 0")
-    need(cfg.gan.start_step >= 0, "gan.start_step must be >= 0")
-    need(cfg.gan.disc_layers >= 1 and cfg.gan.disc_channels > 0, "gan.disc_layers and gan.disc_channels must be positive")
-    need(t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
-    need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
-    need(cfg.data.source in ("embedded", "shards", "folder"), "data.source must be embedded, shards or folder")
-    need(cfg.data.source == "embedded" or cfg.data.path, f"data.path is required for data.source={cfg.data.source}")
+    _need(bool(cfg.init), "init (the stage-1 tokenizer to fine-tune) is required")
+    _validate_train_and_data(t, cfg.data)
+    _need(t.batch > 0 and t.batch % world_size == 0, f"train.batch {t.batch} is not divisible by the world size {world_size}")
+    _need(cfg.optim.accum_steps == 1, "optim.accum_steps must be 1 for decoder fine-tuning")
+    _need(cfg.loss.l1_weight >= 0 and cfg.loss.lpips_weight >= 0 and cfg.gan.weight >= 0, "loss weights must be >= 0")
+    _need(cfg.loss.l1_weight > 0 or cfg.loss.lpips_weight > 0, "loss.l1_weight or loss.lpips_weight must be > 0")
+    _need(cfg.gan.start_step >= 0, "gan.start_step must be >= 0")
+    _need(cfg.gan.disc_layers >= 1 and cfg.gan.disc_channels > 0, "gan.disc_layers and gan.disc_channels must be positive")
 
 
 def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     """Impossible configs fail here, before any data or model is built."""
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise OpenVTPError(f"config: {msg}")
-
     m, t = cfg.model, cfg.train
-    need(cfg.clip.weight >= 0 and cfg.ssl.weight >= 0 and cfg.recon.weight >= 0, "loss weights must be >= 0")
-    need(cfg.clip.weight > 0 or cfg.ssl.weight > 0 or cfg.recon.weight > 0, "every objective has weight 0: nothing to train")
-    need(cfg.clip.weight == 0 or m.train_clip, "clip.weight > 0 needs a text tower (model.train_clip=true)")
-    need(cfg.recon.weight == 0 or m.train_reconstruction, "recon.weight > 0 needs a decoder (model.train_reconstruction=true)")
-    need(t.steps > 0, "train.steps must be positive")
-    need(t.threads >= 0, "train.threads must be >= 0 (0: torch's default)")
-    need(t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
-    need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
+    _validate_train_and_data(t, cfg.data)
+    _need(cfg.clip.weight >= 0 and cfg.ssl.weight >= 0 and cfg.recon.weight >= 0, "loss weights must be >= 0")
+    _need(cfg.clip.weight > 0 or cfg.ssl.weight > 0 or cfg.recon.weight > 0, "every objective has weight 0: nothing to train")
+    _need(cfg.clip.weight == 0 or m.train_clip, "clip.weight > 0 needs a text tower (model.train_clip=true)")
+    _need(cfg.recon.weight == 0 or m.train_reconstruction, "recon.weight > 0 needs a decoder (model.train_reconstruction=true)")
     p = m.vision_patch_size
-    need(m.image_size % p == 0, f"model.image_size {m.image_size} is not a multiple of the patch size {p}")
+    _need(m.image_size % p == 0, f"model.image_size {m.image_size} is not a multiple of the patch size {p}")
     per = world_size * cfg.optim.accum_steps
-    need(cfg.optim.accum_steps >= 1, "optim.accum_steps must be >= 1")
-    need(t.batch % per == 0, f"train.batch {t.batch} is not divisible by world size x accum_steps ({per})")
+    _need(cfg.optim.accum_steps >= 1, "optim.accum_steps must be >= 1")
+    _need(t.batch % per == 0, f"train.batch {t.batch} is not divisible by world size x accum_steps ({per})")
     for name, sub, on in (("ssl", cfg.ssl.batch, cfg.ssl.weight > 0), ("recon", cfg.recon.batch, cfg.recon.weight > 0)):
         if not on:
             continue
-        need(0 < sub <= t.batch, f"{name}.batch {sub} must be in 1..train.batch ({t.batch})")
-        need(t.batch % sub == 0, f"train.batch {t.batch} must be a multiple of {name}.batch {sub} (subsets are strided)")
-        need(sub % per == 0, f"{name}.batch {sub} is not divisible by world size x accum_steps ({per})")
+        _need(0 < sub <= t.batch, f"{name}.batch {sub} must be in 1..train.batch ({t.batch})")
+        _need(t.batch % sub == 0, f"train.batch {t.batch} must be a multiple of {name}.batch {sub} (subsets are strided)")
+        _need(sub % per == 0, f"{name}.batch {sub} is not divisible by world size x accum_steps ({per})")
     if cfg.ssl.weight > 0:
         s = cfg.ssl
-        need(s.global_size % p == 0 and s.local_size % p == 0,
+        _need(s.global_size % p == 0 and s.local_size % p == 0,
              f"ssl.global_size {s.global_size} and ssl.local_size {s.local_size} must be multiples of the patch size {p}")
-        need(s.n_global >= 1 and s.n_local >= 0 and s.n_global + s.n_local >= 2, "ssl needs >= 1 global and >= 2 crops in all")
-        need(s.centering in ("sinkhorn", "softmax"), "ssl.centering must be sinkhorn or softmax")
-        need(0 <= s.mask_ratio[0] <= s.mask_ratio[1] < 1, "ssl.mask_ratio must satisfy 0 <= lo <= hi < 1")
-        need(s.prototypes > 0, "ssl.prototypes must be positive")
-    need(cfg.data.source in ("embedded", "shards", "folder"), "data.source must be embedded, shards or folder")
-    need(cfg.data.source == "embedded" or cfg.data.path, f"data.path is required for data.source={cfg.data.source}")
-    need(0 <= cfg.data.photo_fraction <= 1, "data.photo_fraction must be in [0, 1]")
-    need(0 <= cfg.data.colours_per_batch <= 7, "data.colours_per_batch must be in 0..7 (0: every colour)")
+        _need(s.n_global >= 1 and s.n_local >= 0 and s.n_global + s.n_local >= 2, "ssl needs >= 1 global and >= 2 crops in all")
+        _need(s.centering in ("sinkhorn", "softmax"), "ssl.centering must be sinkhorn or softmax")
+        _need(0 <= s.mask_ratio[0] <= s.mask_ratio[1] < 1, "ssl.mask_ratio must satisfy 0 <= lo <= hi < 1")
+        _need(s.prototypes > 0, "ssl.prototypes must be positive")

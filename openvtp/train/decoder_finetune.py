@@ -27,7 +27,7 @@ from . import dist
 from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
 from .data import build_loader
 from .logger import RunLogger
-from .loop import _autocast, param_groups
+from .loop import precision_context, param_groups
 from .schedules import warmup_cosine
 
 log = logging.getLogger("openvtp.train")
@@ -171,7 +171,7 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
         for group in opt_g.param_groups:
             group["lr"] = lr
         images = batch["rec_images"].to(info.device, non_blocking=True)
-        with _autocast(info.device, cfg.train.precision):
+        with precision_context(info.device, cfg.train.precision):
             g_terms, recon = task.generator_terms(images, step, decoder)
         if not torch.isfinite(g_terms["loss"]):
             raise OpenVTPError(f"non-finite decoder loss at step {step}; last checkpoint in {out / 'checkpoints'}")
@@ -182,7 +182,7 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
         opt_g.zero_grad(set_to_none=True)
         scalars = {k: v.float() for k, v in g_terms.items()}
         if cfg.gan.weight > 0 and step >= cfg.gan.start_step:
-            with _autocast(info.device, cfg.train.precision):
+            with precision_context(info.device, cfg.train.precision):
                 d_terms = task.discriminator_terms(images, recon, disc)
             d_terms["d_loss"].backward()
             opt_d.step()

@@ -63,7 +63,7 @@ def split_batch(batch: dict, n: int) -> list[dict]:
     return parts
 
 
-def _autocast(device: torch.device, precision: str):
+def precision_context(device: torch.device, precision: str):
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
@@ -126,7 +126,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         finite = True
         for i, mb in enumerate(micro):
             sync = nullcontext() if (i == len(micro) - 1 or info.world_size == 1) else wrapped.no_sync()
-            with sync, _autocast(info.device, cfg.train.precision):
+            with sync, precision_context(info.device, cfg.train.precision):
                 terms = wrapped(mb, step)
             ok = torch.isfinite(terms["loss"].detach()).float()
             if dist.all_reduce_sum(ok).item() < info.world_size:  # every rank must agree to skip
