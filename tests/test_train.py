@@ -120,21 +120,25 @@ def test_sigkill_and_resume_gives_the_same_losses(tmp_path):
     VTPModel.from_pretrained(run / "tokenizer")
 
 
-@pytest.mark.slow
-def test_two_process_first_step_equals_one_process(tmp_path):
-    args = ["pretrain", "--config", "demo", *TINY, "train.steps=1", "eval.images=8", "ssl.drop_path=0"]
-    one = _cli(*args, f"train.out_dir={tmp_path / 'one'}")
-    assert one.wait(timeout=300) == 0, one.stderr.read()
+def _torchrun(*args):
+    """`python -m openvtp ARGS` as 2 gloo processes under torchrun."""
     import socket
 
     with socket.socket() as sock:  # a free port for the rendezvous (port 0 is not accepted there)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                            "--master_addr=127.0.0.1", f"--master_port={port}",
-                            "-m", "openvtp", *args, f"train.out_dir={tmp_path / 'two'}"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "openvtp", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_two_process_first_step_equals_one_process(tmp_path):
+    args = ["pretrain", "--config", "demo", *TINY, "train.steps=1", "eval.images=8", "ssl.drop_path=0"]
+    one = _cli(*args, f"train.out_dir={tmp_path / 'one'}")
+    assert one.wait(timeout=300) == 0, one.stderr.read()
+    two = _torchrun(*args, f"train.out_dir={tmp_path / 'two'}")
     assert two.wait(timeout=240) == 0, two.stderr.read()[-3000:]
     l1, l2 = _losses(tmp_path / "one")[1], _losses(tmp_path / "two")[1]
     assert abs(l1 - l2) < 1e-4, (l1, l2)

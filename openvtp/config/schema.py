@@ -94,6 +94,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/pretrain"
     device: str = "auto"            # auto | cpu | cuda
+    parallel: str = "ddp"           # ddp | fsdp (FSDP2: sharded parameters, gradients, optimizer state); torchrun only
     precision: str = "auto"         # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     log_every: int = 10
     image_every: int = 500          # reconstruction grid PNG
@@ -160,6 +161,7 @@ def _validate_train_and_data(t: TrainConfig, d: DataConfig) -> None:
     _need(t.threads >= 0, "train.threads must be >= 0 (0: torch's default)")
     _need(t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
     _need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
+    _need(t.parallel in ("ddp", "fsdp"), f"train.parallel must be ddp or fsdp, got '{t.parallel}'")
     _need(d.source in ("embedded", "shards", "folder"), "data.source must be embedded, shards or folder")
     _need(d.source == "embedded" or d.path, f"data.path is required for data.source={d.source}")
     _need(0 <= d.photo_fraction <= 1, "data.photo_fraction must be in [0, 1]")
@@ -172,6 +174,7 @@ def validate_finetune(cfg: FinetuneDecoderConfig, world_size: int = 1) -> None:
     _validate_train_and_data(t, cfg.data)
     _need(t.batch > 0 and t.batch % world_size == 0, f"train.batch {t.batch} is not divisible by the world size {world_size}")
     _need(cfg.optim.accum_steps == 1, "optim.accum_steps must be 1 for decoder fine-tuning")
+    _need(t.parallel == "ddp", "decoder fine-tuning supports only train.parallel=ddp")
     _need(cfg.loss.l1_weight >= 0 and cfg.loss.lpips_weight >= 0 and cfg.gan.weight >= 0, "loss weights must be >= 0")
     _need(cfg.loss.l1_weight > 0 or cfg.loss.lpips_weight > 0, "loss.l1_weight or loss.lpips_weight must be > 0")
     _need(cfg.gan.start_step >= 0, "gan.start_step must be >= 0")

@@ -192,8 +192,10 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
         scalars.update(lr=lr, grad_norm=float(grad_norm), images_per_s=cfg.train.batch / max(time.time() - t0, 1e-9),
                        skipped_samples=float(dist.all_reduce_sum(batch["skipped"].float()).item()))
         done = step + 1
-        logger.step(done, scalars, task, batch)
-        out_of_time = cfg.train.time_limit_s > 0 and time.time() - t_start > cfg.train.time_limit_s
+        logger.step(done, scalars, model, batch)
+        # ranks agree, or one would stop while the others wait in the next collective
+        out_of_time = cfg.train.time_limit_s > 0 and dist.any_rank(time.time() - t_start > cfg.train.time_limit_s,
+                                                                   info.device)
         if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or out_of_time:
             checkpoint(done)
         if out_of_time:

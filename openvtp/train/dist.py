@@ -72,6 +72,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on one: ranks must agree before a collective (e.g. stopping)."""
+    if not is_dist():
+        return flag
+    return all_reduce_sum(torch.tensor(float(flag), device=device)).item() > 0
+
+
 def cleanup() -> None:
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()

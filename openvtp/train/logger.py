@@ -39,7 +39,11 @@ class RunLogger:
         if self.enabled:
             self.bar.write(f"warning: {message}")
 
-    def step(self, step: int, scalars: dict[str, float], task, batch: dict) -> None:
+    def grid_due(self, step: int, batch: dict) -> bool:
+        """Whether `step` draws a reconstruction grid (the same answer on every rank)."""
+        return bool(self.cfg.train.image_every) and step % self.cfg.train.image_every == 0 and "rec_images" in batch
+
+    def step(self, step: int, scalars: dict[str, float], model, batch: dict) -> None:
         if not self.enabled:
             return
         self.skipped += scalars.pop("skipped_samples", 0.0)
@@ -56,14 +60,13 @@ class RunLogger:
             shown = {k: v for k, v in scalars.items() if k.endswith("_loss") or k == "loss"}
             self.bar.set_postfix({**{k.replace("_loss", ""): f"{v:.3f}" for k, v in shown.items()},
                                   "img/s": f"{scalars['images_per_s']:.0f}"}, refresh=False)
-        if self.cfg.train.image_every and step % self.cfg.train.image_every == 0 and "rec_images" in batch:
-            self.recon_grid(task, batch["rec_images"][:8], self.out / "images" / f"recon_{step:07d}.png")
+        if self.grid_due(step, batch):
+            self.recon_grid(model, batch["rec_images"][:8], self.out / "images" / f"recon_{step:07d}.png")
 
     @torch.no_grad()
-    def recon_grid(self, task, images: torch.Tensor, path: Path) -> None:
+    def recon_grid(self, model, images: torch.Tensor, path: Path) -> None:
         from openvtp.eval.plots import image_grid
 
-        model = task.model
         was = model.training
         model.eval()
         rec = model.get_latents_decoded_images(model.get_reconstruction_latents(images))

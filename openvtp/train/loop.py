@@ -1,4 +1,4 @@
-"""`pretrain(cfg)`: the VTP pre-training loop, from a single CPU process to torchrun DDP.
+"""`pretrain(cfg)`: the VTP pre-training loop, from a single CPU process to torchrun DDP or FSDP.
 
 Order of work: validate config -> data -> model + objectives -> optimizer -> (resume) ->
 steps -> checkpoints -> exported tokenizer, pictures and summary in `train.out_dir`.
@@ -14,15 +14,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from openvtp.config.load import config_to_dict, save_config
 from openvtp.config.schema import PretrainConfig, validate
 from openvtp.errors import OpenVTPError
 from openvtp.models import VTPModel
 
-from . import dist
-from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
+from . import dist, parallel
+from .checkpoint import resolve_resume, save_checkpoint
 from .data import build_loader
 from .logger import RunLogger
 from .schedules import cosine, warmup_cosine
@@ -88,15 +87,16 @@ def pretrain(cfg: PretrainConfig) -> dict:
     torch.manual_seed(cfg.train.seed)
     model = VTPModel(cfg.model)
     task = PretrainTask(cfg, model).to(info.device)
+    wrapped = parallel.wrap(task, cfg.train.parallel, info.device)
+    sharded = parallel.is_sharded(wrapped)
     opt = torch.optim.AdamW(param_groups(task, cfg.optim.weight_decay), lr=cfg.optim.lr,
                             betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
     start = 0
     resume_from = resolve_resume(out, cfg.train.resume)
     if resume_from is not None:
-        start = restore_checkpoint(resume_from, {"task": task, "optimizer": opt})
+        start = parallel.restore(resume_from, task, opt)
         if main:
             log.info("resumed from %s at step %d", resume_from, start)
-    wrapped = DDP(task, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.world_size > 1 else task
     loader = build_loader(cfg, info.rank, info.world_size, start)
     logger = RunLogger(out, cfg, start, enabled=main)
 
@@ -106,10 +106,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
     task.train()
 
     def checkpoint(at: int) -> None:
+        task_state, opt_state = parallel.full_state_dicts(task, opt)
         if main:
-            save_checkpoint(out, at, {"task": task.state_dict(), "optimizer": opt.state_dict(), "step": at,
+            save_checkpoint(out, at, {"task": task_state, "optimizer": opt_state, "step": at,
                                       "config": config_to_dict(cfg)}, config_yaml, cfg.train.keep_last)
         dist.barrier()
+
+    def rank0_model() -> VTPModel | None:
+        """The model rank 0 draws, evaluates and exports; under FSDP a gathered copy (call on every rank)."""
+        return parallel.full_model(task, cfg.model, info.device) if sharded else model
 
     for batch in loader:
         step = int(batch["step"])
@@ -125,8 +130,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         terms_sum: dict[str, torch.Tensor] = {}
         finite = True
         for i, mb in enumerate(micro):
-            sync = nullcontext() if (i == len(micro) - 1 or info.world_size == 1) else wrapped.no_sync()
-            with sync, precision_context(info.device, cfg.train.precision):
+            with parallel.grad_sync(wrapped, i == len(micro) - 1), precision_context(info.device, cfg.train.precision):
                 terms = wrapped(mb, step)
             ok = torch.isfinite(terms["loss"].detach()).float()
             if dist.all_reduce_sum(ok).item() < info.world_size:  # every rank must agree to skip
@@ -158,15 +162,20 @@ def pretrain(cfg: PretrainConfig) -> dict:
             task.ssl.update_teacher(model, momentum)
 
         scalars = {k: dist.all_reduce_mean(v).item() for k, v in terms_sum.items()}
-        scalars.update(lr=lr, grad_norm=float(grad_norm), images_per_s=cfg.train.batch / max(time.time() - t0, 1e-9),
+        scalars.update(lr=lr, grad_norm=parallel.to_float(grad_norm), images_per_s=cfg.train.batch / max(time.time() - t0, 1e-9),
                        skipped_samples=float(dist.all_reduce_sum(batch["skipped"].float()).item()))
         if task.ssl is not None:
             scalars["teacher_momentum"] = momentum
         done = step + 1
-        logger.step(done, scalars, task, batch)
-        if cfg.eval.every and done % cfg.eval.every == 0 and main:
-            logger.quick_eval(done, model, cfg)
-        out_of_time = cfg.train.time_limit_s > 0 and time.time() - t_start > cfg.train.time_limit_s
+        eval_due = bool(cfg.eval.every) and done % cfg.eval.every == 0
+        shown = rank0_model() if logger.grid_due(done, batch) or eval_due else model
+        logger.step(done, scalars, shown, batch)
+        if eval_due and main:
+            logger.quick_eval(done, shown, cfg)
+        del shown  # under FSDP a full copy of the model: not kept through the next step
+        # ranks agree, or one would stop while the others wait in the next collective
+        out_of_time = cfg.train.time_limit_s > 0 and dist.any_rank(time.time() - t_start > cfg.train.time_limit_s,
+                                                                   info.device)
         if done % cfg.train.ckpt_every == 0 or done == total or out_of_time:
             checkpoint(done)
         if out_of_time:
@@ -174,10 +183,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
             break
 
     summary = {}
+    final = rank0_model()
     if main:
-        model.eval()
-        model.save_pretrained(out / "tokenizer")
-        summary = logger.finish(model, cfg, step + 1 if step >= start else start)
+        final.eval()
+        final.save_pretrained(out / "tokenizer")
+        summary = logger.finish(final, cfg, step + 1 if step >= start else start)
     dist.barrier()
     dist.cleanup()
     return summary

@@ -9,6 +9,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from openvtp.config.schema import SSLConfig
 from openvtp.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
@@ -26,13 +27,18 @@ def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
+def _local(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """This rank's shards of FSDP parameters (DTensors); plain tensors as they are."""
+    return [p.to_local() if isinstance(p, DTensor) else p for p in params]
+
+
 class SSLObjective(nn.Module):
     def __init__(self, cfg: SSLConfig, model: VTPModel):
         super().__init__()
         self.cfg = cfg
         dim = model.config.vision_embed_dim
         self.head = DinoHead(dim, cfg.prototypes, cfg.head_hidden, cfg.head_bottleneck)
-        # frozen (requires_grad False): checkpointed with the task, never optimised, ignored by DDP
+        # frozen (requires_grad False): checkpointed with the task, never optimised, ignored by DDP, sharded by FSDP
         teacher = nn.ModuleDict({"trunk": copy.deepcopy(model.trunk), "head": copy.deepcopy(self.head)})
         teacher.requires_grad_(False)
         self.teacher = teacher
@@ -87,7 +93,10 @@ class SSLObjective(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, model: VTPModel, momentum: float) -> None:
-        """teacher <- m * teacher + (1 - m) * student, for trunk and head."""
+        """teacher <- m * teacher + (1 - m) * student, for trunk and head.
+
+        Under FSDP teacher and student are sharded alike, so the update is a lerp of local shards.
+        """
         student = list(model.trunk.parameters()) + list(self.head.parameters())
         teacher = list(self.teacher["trunk"].parameters()) + list(self.teacher["head"].parameters())
-        torch._foreach_lerp_(teacher, [p.detach() for p in student], 1.0 - momentum)
+        torch._foreach_lerp_(_local(teacher), _local([p.detach() for p in student]), 1.0 - momentum)
