@@ -36,7 +36,8 @@ def cmd_demo(args) -> None:
             lines.append(f"  zero-shot {key:<6} on unseen (shape, colour) pairs: {held[f'zeroshot_{key}']:.1f}% "
                          f"(chance {held[f'zeroshot_{key}_chance']:.1f}%)")
     if "knn_shape" in held:
-        lines.append(f"  kNN shape accuracy: {held['knn_shape']:.1f}%")
+        lines.append(f"  kNN shape accuracy: {held['knn_shape']:.1f}% (bank of seen pairs: features led by colour "
+                     "score below chance)")
     if "psnr" in held:
         lines.append(f"  reconstruction PSNR: {held['psnr']:.2f} dB (per-patch mean-colour baseline "
                      f"{held['psnr_patch_mean_baseline']:.2f} dB)")
