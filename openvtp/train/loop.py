@@ -5,7 +5,6 @@ steps -> checkpoints -> exported tokenizer, pictures and summary in `train.out_d
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
