@@ -144,7 +144,8 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
     model, kwargs = build_dit_for_data(cfg, data.latent_shape)
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
+                            fused=True)
     step = 0
     resume = resolve_resume(run_dir, tc.resume)
     if resume is not None:

@@ -27,7 +27,7 @@ from . import dist
 from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
 from .data import build_loader
 from .logger import RunLogger
-from .loop import precision_context, param_groups
+from .loop import adamw, param_groups, precision_context
 from .schedules import warmup_cosine
 
 log = logging.getLogger("openvtp.train")
@@ -127,8 +127,7 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
 
     torch.manual_seed(cfg.train.seed)
     task = DecoderGAN(cfg, model).to(info.device)
-    opt_g = torch.optim.AdamW(param_groups(model.pixel_decoder, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                              betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+    opt_g = adamw(param_groups(model.pixel_decoder, cfg.optim.weight_decay), cfg.optim)
     disc_lr = cfg.gan.disc_lr or cfg.optim.lr
     opt_d = torch.optim.Adam(task.disc.parameters(), lr=disc_lr, betas=tuple(cfg.gan.disc_betas))
     start = 0

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from openvtp.config.load import config_to_dict, save_config
-from openvtp.config.schema import PretrainConfig, validate
+from openvtp.config.schema import OptimConfig, PretrainConfig, validate
 from openvtp.errors import OpenVTPError
 from openvtp.models import VTPModel
 
@@ -39,6 +39,12 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY_NAMES) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def adamw(groups: list[dict], oc: OptimConfig) -> torch.optim.AdamW:
+    """AdamW from `optim.*` with the fused kernel (6x faster than the per-tensor loop on CPU:
+    benchmarks/optimizer_step.py)."""
+    return torch.optim.AdamW(groups, lr=oc.lr, betas=(oc.beta1, oc.beta2), eps=oc.eps, fused=True)
 
 
 def split_batch(batch: dict, n: int) -> list[dict]:
@@ -88,8 +94,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     task = PretrainTask(cfg, model).to(info.device)
     wrapped = parallel.wrap(task, cfg.train.parallel, info.device)
     sharded = parallel.is_sharded(wrapped)
-    opt = torch.optim.AdamW(param_groups(task, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                            betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+    opt = adamw(param_groups(task, cfg.optim.weight_decay), cfg.optim)
     start = 0
     resume_from = resolve_resume(out, cfg.train.resume)
     if resume_from is not None:
