@@ -1,8 +1,8 @@
 """Procedural captioned scenes: the embedded, download-free training and evaluation data.
 
 Each image shows 1-3 instances of one shape in one named colour on a contrasting background
-(flat, linear gradient or noise texture); the caption names the shape, and the colour in three of
-four captions, in varied wordings. Everything is a pure function of (seed, split, index, size), so a sample is the same
+(flat, linear gradient or noise texture); the caption names colour and shape in varied
+wordings. Everything is a pure function of (seed, split, index, size), so a sample is the same
 in every process, worker and run. A fixed set of (shape, colour) pairs, `UNSEEN_PAIRS`, never
 occurs in the train split; the held-out split shows only those by default, which tests
 compositional generalisation (a model must bind colour and shape words it has seen apart).
@@ -75,10 +75,6 @@ _TEMPLATES = (
 # Radius range (fraction of the shorter side) for 1, 2, 3 instances; size words use it too.
 _RADIUS = {1: (0.16, 0.40), 2: (0.13, 0.28), 3: (0.11, 0.23)}
 _SMALL, _LARGE = 0.16, 0.30
-# Share of captions without the colour word, as alt-text often names what, not how. Text without a
-# colour is then in distribution, so a shape prompt ("a photo of a star.") points at the shape and
-# not at whichever colour its embedding happens to sit near.
-NO_COLOUR_P = 0.25
 
 
 def shape_prompts() -> tuple[list[str], list[str]]:
@@ -231,8 +227,7 @@ def _caption(rng: np.random.Generator, shape: int, colour: int, count: int, rel_
         words.append("small")
     elif rel_size > _LARGE and rng.random() < 0.6:
         words.append("large")
-    if rng.random() >= NO_COLOUR_P:
-        words.append(COLOURS[colour])
+    words.append(COLOURS[colour])
     noun = SHAPES[shape] if count == 1 else _PLURAL.get(SHAPES[shape], SHAPES[shape] + "s")
     words.append(noun)
     if words[0] == "a" and words[1][0] in "aeiou":
