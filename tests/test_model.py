@@ -79,6 +79,15 @@ def test_image_sizes():
             model.encode(torch.rand(1, 3, 64, 50))
 
 
+def test_model_built_under_inference_mode_runs(tmp_path):
+    _tiny().save_pretrained(tmp_path / "m")
+    x = torch.rand(2, 3, 32, 32)
+    ref = VTPModel.from_pretrained(tmp_path / "m").eval().encode(x)
+    with torch.inference_mode():  # buffers become inference tensors (no version counter)
+        model = VTPModel.from_pretrained(tmp_path / "m").eval()
+        assert torch.equal(model.encode(x), ref)
+
+
 def test_pixel_api_normalises_inside():
     model = _tiny()
     x = torch.rand(2, 3, 32, 32)

@@ -37,8 +37,10 @@ class RopeEmbedding(nn.Module):
     def forward(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(sin, cos), each (h*w, head_dim) in bf16, tokens row-major; cached per grid."""
         p = self.periods
-        # tables made under inference_mode cannot enter autograd: they are cached apart
-        key = (h, w, p.device, p._version, p.data_ptr(), torch.is_inference_mode_enabled())
+        # tables made under inference_mode cannot enter autograd: they are cached apart. A model
+        # built under inference_mode has inference-tensor periods, which keep no version counter.
+        version = -1 if p.is_inference() else p._version
+        key = (h, w, p.device, version, p.data_ptr(), torch.is_inference_mode_enabled())
         tables = self._tables.get(key)
         if tables is None:
             if len(self._tables) > 16:
