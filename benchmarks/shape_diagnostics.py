@@ -18,17 +18,17 @@ import torch
 import torch.nn.functional as F
 
 from openvtp.data.scenes import SHAPES, CaptionedScenes, shape_prompts
-from openvtp.eval.zero_shot import build_zero_shot_classifier
+from openvtp.eval.embedded import stack_scenes
+from openvtp.eval.zero_shot import build_zero_shot_classifier, zero_shot_accuracy
 from openvtp.models import VTPModel
 
 
 @torch.inference_mode()
 def image_features(model: VTPModel, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ds = CaptionedScenes(split, size=model.config.image_size, length=n, seed=0)
-    items = [ds[i] for i in range(n)]
-    x = torch.stack([it["image"] for it in items]).float() / 255
-    feats = torch.cat([model.encode_image(chunk) for chunk in x.split(250)]).float()
-    return F.normalize(feats, dim=-1), torch.tensor([it["shape"] for it in items])
+    """L2-normalised CLIP image embeddings (n, D) of the first n scenes of `split`, and their shapes."""
+    scenes = stack_scenes(CaptionedScenes(split, size=model.config.image_size, length=n, seed=0), n)
+    feats = torch.cat([model.encode_image(chunk) for chunk in scenes["images"].split(250)]).float()
+    return F.normalize(feats, dim=-1), scenes["shape"]
 
 
 @torch.inference_mode()
@@ -46,8 +46,8 @@ def main() -> None:
         centroids = F.normalize(torch.stack([f_train[s_train == k].mean(0) for k in range(len(SHAPES))]), dim=-1)
         text = build_zero_shot_classifier(lambda t: model.get_clip_text_feature(t), names, templates,
                                           model.tokenize)  # (D, classes)
-        acc_text = ((f_test @ text).argmax(1) == s_test).float().mean() * 100
-        acc_img = ((f_test @ centroids.T).argmax(1) == s_test).float().mean() * 100
+        acc_text = zero_shot_accuracy(f_test, text, s_test, topk=(1,))["top1"]
+        acc_img = zero_shot_accuracy(f_test, centroids.T, s_test, topk=(1,))["top1"]
         sim = text.T @ text
         sim.fill_diagonal_(-1)
         i = int(sim.argmax())

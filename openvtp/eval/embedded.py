@@ -17,7 +17,8 @@ from .recon_metrics import patch_mean_baseline, psnr
 from .zero_shot import build_zero_shot_classifier, zero_shot_accuracy
 
 
-def _stack(ds: CaptionedScenes, n: int) -> dict[str, torch.Tensor]:
+def stack_scenes(ds: CaptionedScenes, n: int) -> dict[str, torch.Tensor]:
+    """The first n scenes as {"images": (n, 3, H, W) in [0, 1], "shape": (n,), "colour": (n,)}."""
     items = [ds[i] for i in range(min(n, len(ds)))]
     return {"images": torch.stack([it["image"] for it in items]).float().div(255),
             "shape": torch.tensor([it["shape"] for it in items]),
@@ -31,7 +32,7 @@ def embedded_eval(model: VTPModel, n_images: int = 256, size: int | None = None,
     model.eval()
     size = size or model.config.image_size
     device = model.trunk.cls_token.device
-    held = _stack(CaptionedScenes("heldout", size=size, length=n_images, seed=seed), n_images)
+    held = stack_scenes(CaptionedScenes("heldout", size=size, length=n_images, seed=seed), n_images)
     out: dict[str, float] = {"images": float(len(held["images"]))}
 
     def batched(fn, x):
@@ -46,7 +47,7 @@ def embedded_eval(model: VTPModel, n_images: int = 256, size: int | None = None,
                                              model.tokenize).float().cpu()
             out[f"zeroshot_{attr}"] = zero_shot_accuracy(img, clf, held[attr], topk=(1,))["top1"]
             out[f"zeroshot_{attr}_chance"] = 100.0 / n_cls
-    bank = _stack(CaptionedScenes("train", size=size, length=knn_train, seed=seed + 1), knn_train)
+    bank = stack_scenes(CaptionedScenes("train", size=size, length=knn_train, seed=seed + 1), knn_train)
     bank_feats = batched(lambda x: model.get_last_layer_feature(model.normalize(x))["cls_token"], bank["images"])
     out["knn_shape"] = knn_classify(F.normalize(bank_feats, dim=-1), bank["shape"], F.normalize(feats, dim=-1),
                                     held["shape"], k=20, num_classes=len(SHAPES))["top1"]
@@ -62,6 +63,6 @@ def embedded_eval(model: VTPModel, n_images: int = 256, size: int | None = None,
 @torch.inference_mode()
 def embedded_recon_examples(model: VTPModel, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(originals, reconstructions) in [0, 1] for a PNG grid."""
-    held = _stack(CaptionedScenes("heldout", size=model.config.image_size, length=n, seed=seed), n)["images"]
+    held = stack_scenes(CaptionedScenes("heldout", size=model.config.image_size, length=n, seed=seed), n)["images"]
     device = model.trunk.cls_token.device
     return held, model.decode(model.encode(held.to(device))).float().cpu()
