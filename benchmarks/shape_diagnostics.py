@@ -8,7 +8,11 @@ For each tokenizer, on held-out scenes of the unseen (shape, colour) pairs:
   shape over train scenes; below chance means the image embedding is led by colour (a shape's
   centroid carries the colours it was seen in, never the held-out one);
 - the two shape prompts whose text embeddings are closest (cosine near 1: the classifier cannot
-  tell them apart), and per shape the cosine between its prompt embedding and its image centroid.
+  tell them apart), and per shape the cosine between its prompt embedding and its image centroid;
+- on train scenes with one object (seen pairs): the mean cosine between image embeddings of the
+  same colour and the same vs another shape (does the image side separate shapes at all?), and
+  shape accuracy when the colour is given, among the prompts "a {colour} {shape}" (has the model
+  learnt shape where colour cannot mislead it?).
 """
 from __future__ import annotations
 
@@ -17,18 +21,33 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from openvtp.data.scenes import SHAPES, CaptionedScenes, shape_prompts
+from openvtp.data.scenes import COLOURS, SHAPES, CaptionedScenes, shape_prompts
 from openvtp.eval.embedded import stack_scenes
 from openvtp.eval.zero_shot import build_zero_shot_classifier, zero_shot_accuracy
 from openvtp.models import VTPModel
 
 
 @torch.inference_mode()
-def image_features(model: VTPModel, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised CLIP image embeddings (n, D) of the first n scenes of `split`, and their shapes."""
+def image_features(model: VTPModel, split: str, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L2-normalised CLIP image embeddings (n, D) of the first n scenes of `split`, and their labels."""
     scenes = stack_scenes(CaptionedScenes(split, size=model.config.image_size, length=n, seed=0), n)
     feats = torch.cat([model.encode_image(chunk) for chunk in scenes["images"].split(250)]).float()
-    return F.normalize(feats, dim=-1), scenes["shape"]
+    return F.normalize(feats, dim=-1), scenes
+
+
+@torch.inference_mode()
+def seen_pair_shape(model: VTPModel, feats: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[float, float, float]:
+    """(same-shape cos, other-shape cos, shape accuracy given the colour) over one-object scenes."""
+    one = labels["count"] == 1
+    f, shape, colour = feats[one], labels["shape"][one], labels["colour"][one]
+    sim = f @ f.T
+    same_colour = (colour[:, None] == colour[None]) & ~torch.eye(len(f), dtype=torch.bool)
+    same_shape = shape[:, None] == shape[None]
+    prompts = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+    text = F.normalize(model.get_clip_text_feature(model.tokenize(prompts)).float(), dim=-1)
+    logits = (f @ text.T).view(len(f), len(COLOURS), len(SHAPES))[torch.arange(len(f)), colour]  # (n, shapes)
+    acc = 100.0 * (logits.argmax(1) == shape).float().mean().item()
+    return sim[same_colour & same_shape].mean().item(), sim[same_colour & ~same_shape].mean().item(), acc
 
 
 @torch.inference_mode()
@@ -41,8 +60,9 @@ def main() -> None:
     names, templates = shape_prompts()
     for path in args.tokenizers:
         model = VTPModel.from_pretrained(path).eval()
-        f_train, s_train = image_features(model, "train", args.train_images)
-        f_test, s_test = image_features(model, "heldout", args.heldout_images)
+        f_train, train = image_features(model, "train", args.train_images)
+        f_test, test = image_features(model, "heldout", args.heldout_images)
+        s_train, s_test = train["shape"], test["shape"]
         centroids = F.normalize(torch.stack([f_train[s_train == k].mean(0) for k in range(len(SHAPES))]), dim=-1)
         text = build_zero_shot_classifier(lambda t: model.get_clip_text_feature(t), names, templates,
                                           model.tokenize)  # (D, classes)
@@ -55,6 +75,9 @@ def main() -> None:
               f"(chance {100 / len(SHAPES):.1f}%)")
         print(f"  closest shape prompts: {SHAPES[i // len(SHAPES)]} / {SHAPES[i % len(SHAPES)]} cos {sim.max():.3f}")
         print("  prompt-to-centroid cos: " + ", ".join(f"{s} {c:.2f}" for s, c in zip(SHAPES, (text.T * centroids).sum(1))))
+        same, other, acc_given = seen_pair_shape(model, f_train, train)
+        print(f"  train scenes, one object: image cos same colour & shape {same:.2f}, same colour & other shape "
+              f"{other:.2f}; shape given the colour ('a {{colour}} {{shape}}') {acc_given:.1f}%")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,10 @@ from .zero_shot import build_zero_shot_classifier, zero_shot_accuracy
 
 
 def stack_scenes(ds: CaptionedScenes, n: int) -> dict[str, torch.Tensor]:
-    """The first n scenes as {"images": (n, 3, H, W) in [0, 1], "shape": (n,), "colour": (n,)}."""
+    """The first n scenes as {"images": (n, 3, H, W) in [0, 1], "shape", "colour", "count": (n,)}."""
     items = [ds[i] for i in range(min(n, len(ds)))]
     return {"images": torch.stack([it["image"] for it in items]).float().div(255),
-            "shape": torch.tensor([it["shape"] for it in items]),
-            "colour": torch.tensor([it["colour"] for it in items])}
+            **{k: torch.tensor([it[k] for it in items]) for k in ("shape", "colour", "count")}}
 
 
 @torch.inference_mode()
