@@ -43,7 +43,7 @@ def seen_pair_shape(model: VTPModel, feats: torch.Tensor, labels: dict[str, torc
     sim = f @ f.T
     same_colour = (colour[:, None] == colour[None]) & ~torch.eye(len(f), dtype=torch.bool)
     same_shape = shape[:, None] == shape[None]
-    prompts = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+    prompts = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {s}" for c in COLOURS for s in SHAPES]  # as captions say it
     text = F.normalize(model.get_clip_text_feature(model.tokenize(prompts)).float(), dim=-1)
     logits = (f @ text.T).view(len(f), len(COLOURS), len(SHAPES))[torch.arange(len(f)), colour]  # (n, shapes)
     acc = 100.0 * (logits.argmax(1) == shape).float().mean().item()
