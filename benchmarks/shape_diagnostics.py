@@ -44,7 +44,7 @@ def seen_pair_shape(model: VTPModel, feats: torch.Tensor, labels: dict[str, torc
     same_colour = (colour[:, None] == colour[None]) & ~torch.eye(len(f), dtype=torch.bool)
     same_shape = shape[:, None] == shape[None]
     prompts = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {s}" for c in COLOURS for s in SHAPES]  # as captions say it
-    text = F.normalize(model.get_clip_text_feature(model.tokenize(prompts)).float(), dim=-1)
+    text = model.encode_text(prompts).float()  # L2-normalised
     logits = (f @ text.T).view(len(f), len(COLOURS), len(SHAPES))[torch.arange(len(f)), colour]  # (n, shapes)
     acc = 100.0 * (logits.argmax(1) == shape).float().mean().item()
     return sim[same_colour & same_shape].mean().item(), sim[same_colour & ~same_shape].mean().item(), acc
@@ -64,8 +64,7 @@ def main() -> None:
         f_test, test = image_features(model, "heldout", args.heldout_images)
         s_train, s_test = train["shape"], test["shape"]
         centroids = F.normalize(torch.stack([f_train[s_train == k].mean(0) for k in range(len(SHAPES))]), dim=-1)
-        text = build_zero_shot_classifier(lambda t: model.get_clip_text_feature(t), names, templates,
-                                          model.tokenize)  # (D, classes)
+        text = build_zero_shot_classifier(model.get_clip_text_feature, names, templates, model.tokenize)  # (D, classes)
         acc_text = zero_shot_accuracy(f_test, text, s_test, topk=(1,))["top1"]
         acc_img = zero_shot_accuracy(f_test, centroids.T, s_test, topk=(1,))["top1"]
         sim = text.T @ text
