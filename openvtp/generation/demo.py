@@ -11,9 +11,7 @@ judge's own ceiling, and the sample-size floor of the Frechet distance).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import replace
@@ -33,6 +31,7 @@ from openvtp.generation.latents import LatentDataset, extract_latents
 from openvtp.generation.sample import sample, save_grid
 from openvtp.generation.sources import open_source
 from openvtp.generation.train import build_dit_for_data, train_dit
+from openvtp.train.checkpoint import write_json_atomic
 
 log = logging.getLogger("openvtp.demo.generation")
 PRESET = "dit-demo"
@@ -80,12 +79,6 @@ def _classes(condition: str) -> tuple[list[int], list[str]]:
     if condition == "shape":
         return list(range(len(SHAPES))), list(SHAPES)
     return [s * len(COLOURS) + c for s, c in SEEN_IDS], [f"{COLOURS[c]} {SHAPES[s]}" for s, c in SEEN_IDS]
-
-
-def _write_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _round(figures: dict) -> dict:
@@ -266,7 +259,7 @@ def run_generation_demo(
         "time_s": round(time.perf_counter() - start, 1),
         "time_budget_s": time_budget_s,
     }
-    _write_json(summary, out / "summary.json")
+    write_json_atomic(summary, out / "summary.json")
     rows = [figures[k] for k in ("generated", "reconstructed", "real")]
     for key, name in (("shape_acc", "shape accuracy"), ("colour_acc", "colour accuracy"),
                       ("frechet_probe", "Frechet distance (judge features)")):

@@ -6,6 +6,7 @@ name and renamed into place, so a killed run never leaves a half-written checkpo
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,20 +22,29 @@ FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
+def _atomic_write(path: str | Path, write) -> None:
+    """`write(f)` into a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def write_json_atomic(data: dict, path: str | Path) -> None:
+    """Summaries are read by people and scripts while runs go on: never a half-written one."""
+    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def save_checkpoint(run_dir: str | Path, step: int, state: dict, config_yaml: str, keep_last: int = 3) -> Path:

@@ -125,6 +125,8 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
         save_config(cfg, out / "config.yaml")
     dist.barrier()
 
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     task = DecoderGAN(cfg, model).to(info.device)
     opt_g = adamw(param_groups(model.pixel_decoder, cfg.optim.weight_decay), cfg.optim)

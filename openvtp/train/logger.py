@@ -10,6 +10,8 @@ import torch
 
 from openvtp.config.schema import PretrainConfig
 
+from .checkpoint import write_json_atomic
+
 log = logging.getLogger("openvtp.train")
 
 
@@ -116,7 +118,7 @@ class RunLogger:
         return summary
 
     def write_summary(self, summary: dict) -> None:
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(summary, self.out / "summary.json")
         self.tb.close()
 
     def finish(self, model, cfg: PretrainConfig, steps_done: int) -> dict:
