@@ -185,7 +185,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_train_dit)
 
     p = sub.add_parser("demo-generation", help="the demo's generation half alone, on an exported demo tokenizer")
-    p.add_argument("tokenizer", help="tokenizer folder, e.g. runs/demo/tokenizer")
+    p.add_argument("tokenizer", help="tokenizer folder, e.g. runs/demo/decoder/tokenizer")
     p.add_argument("--out", default="runs/demo", help="run folder; writes OUT/generation/")
     p.add_argument("--budget", type=float, default=720.0, help="seconds for the whole generation half")
     p.add_argument("--condition", default="shape_colour", choices=("shape_colour", "shape"))

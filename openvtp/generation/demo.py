@@ -124,7 +124,7 @@ def run_generation_demo(
 ) -> dict:
     """Generation half of `openvtp demo`: writes `out_dir/generation/` and returns its summary.
 
-    tokenizer: the exported VTP folder (e.g. runs/demo/tokenizer). condition: "shape_colour" (the
+    tokenizer: the exported VTP folder (e.g. runs/demo/decoder/tokenizer). condition: "shape_colour" (the
     39 (shape, colour) pairs of the train split, labels shape * 7 + colour) or "shape" (7 classes).
     num_images: embedded train scenes encoded (each also flipped). eval_samples: generated images
     judged (class-balanced, rounded up to a multiple of the classes), and as many real ones.
