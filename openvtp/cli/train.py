@@ -60,9 +60,10 @@ def cmd_demo(args) -> None:
         lines.append(f"  kNN shape accuracy: {held['knn_shape']:.1f}% (bank of seen pairs: features led by colour "
                      "score below chance)")
     if "psnr" in held:
-        lines.append(f"  reconstruction PSNR: {held.get('psnr_decoder_finetuned', held['psnr']):.2f} dB after decoder "
-                     f"fine-tuning, {held['psnr']:.2f} dB after pre-training (per-patch mean-colour baseline "
-                     f"{held['psnr_patch_mean_baseline']:.2f} dB)")
+        tuned = (f"{held['psnr_decoder_finetuned']:.2f} dB after decoder fine-tuning, "
+                 if "psnr_decoder_finetuned" in held else "")
+        lines.append(f"  reconstruction PSNR: {tuned}{held['psnr']:.2f} dB after pre-training (per-patch mean-colour "
+                     f"baseline {held['psnr_patch_mean_baseline']:.2f} dB)")
     if args.generation_budget > 0:
         from openvtp.generation.demo import run_generation_demo
 
