@@ -51,12 +51,20 @@ def embedded_eval(model: VTPModel, n_images: int = 256, size: int | None = None,
     out["knn_shape"] = knn_classify(F.normalize(bank_feats, dim=-1), bank["shape"], F.normalize(feats, dim=-1),
                                     held["shape"], k=20, num_classes=len(SHAPES))["top1"]
     if model.config.train_reconstruction:
-        rec = batched(lambda x: model.decode(model.encode(x)), held["images"])
-        out["psnr"] = psnr(held["images"], rec).mean().item()
-        base = patch_mean_baseline(held["images"], model.config.vision_patch_size)
-        out["psnr_patch_mean_baseline"] = psnr(held["images"], base).mean().item()
+        out.update(reconstruction_psnr(model, held["images"], batch))
     model.train(was_training)
     return out
+
+
+@torch.inference_mode()
+def reconstruction_psnr(model: VTPModel, images: torch.Tensor, batch: int = 64) -> dict[str, float]:
+    """Mean PSNR of encode -> decode on `images` (n, 3, H, W) in [0, 1], and of the per-patch
+    mean-colour baseline at the model's patch size. Pre-training and stage 2 report this."""
+    device = model.trunk.cls_token.device
+    rec = torch.cat([model.decode(model.encode(images[i:i + batch].to(device))).float().cpu()
+                     for i in range(0, len(images), batch)])
+    base = patch_mean_baseline(images, model.config.vision_patch_size)
+    return {"psnr": psnr(images, rec).mean().item(), "psnr_patch_mean_baseline": psnr(images, base).mean().item()}
 
 
 @torch.inference_mode()

@@ -105,14 +105,6 @@ class DecoderGAN(nn.Module):
                 "logits_fake": fake.detach().mean()}
 
 
-def _psnr_on(model: VTPModel, images: torch.Tensor) -> float:
-    from openvtp.eval.recon_metrics import psnr
-
-    with torch.inference_mode():
-        rec = model.decode(model.encode(images)).float().cpu()
-    return psnr(images, rec).mean().item()
-
-
 def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
     """Run stage 2; returns the summary (also written to out_dir/summary.json)."""
     info = dist.init(cfg.train.device)
@@ -148,13 +140,15 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
     loader = build_loader(pcfg, info.rank, info.world_size, start)
     logger = RunLogger(out, pcfg, start, enabled=main, desc="finetune-decoder")
     config_yaml = (out / "config.yaml").read_text() if main else ""
-    heldout = None
+    heldout, before = None, {}
     if main and cfg.data.source == "embedded":
         from openvtp.data.scenes import CaptionedScenes
+        from openvtp.eval.embedded import reconstruction_psnr, stack_scenes
 
-        ds = CaptionedScenes("heldout", size=model.config.image_size, length=cfg.eval.images, seed=cfg.train.seed)
-        heldout = torch.stack([ds[i]["image"] for i in range(len(ds))]).float().div(255)
-    psnr_before = _psnr_on(model, heldout.to(info.device)) if heldout is not None else None
+        heldout = stack_scenes(CaptionedScenes("heldout", size=model.config.image_size, length=cfg.eval.images,
+                                               seed=cfg.train.seed), cfg.eval.images)["images"]
+        model.eval()
+        before = reconstruction_psnr(model, heldout)
 
     def checkpoint(at: int) -> None:
         if main:
@@ -213,8 +207,9 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
             from openvtp.eval.embedded import embedded_recon_examples
             from openvtp.eval.plots import image_grid
 
-            summary["heldout"] = {"images": len(heldout), "psnr_stage1": psnr_before,
-                                  "psnr": _psnr_on(model, heldout.to(info.device))}
+            after = reconstruction_psnr(model, heldout)
+            summary["heldout"] = {"images": len(heldout), "psnr_stage1": before["psnr"], "psnr": after["psnr"],
+                                  "psnr_patch_mean_baseline": after["psnr_patch_mean_baseline"]}
             image_grid(*embedded_recon_examples(model, 16, seed=cfg.train.seed), out / "reconstructions.png", nrow=4)
         logger.write_summary(summary)
     dist.barrier()
