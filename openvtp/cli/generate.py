@@ -108,7 +108,8 @@ def cmd_sample(args) -> None:
 def cmd_gfid(args) -> None:
     from dataclasses import replace
 
-    from openvtp.generation.gfid import gfid, save_result
+    from openvtp.generation.gfid import gfid
+    from openvtp.train.checkpoint import write_json_atomic
 
     ckpt, cfg = _checkpoint_config(args.checkpoint, args.overrides)
     scfg = cfg.sample if args.num_samples is None else replace(cfg.sample, num_samples=args.num_samples)
@@ -126,7 +127,7 @@ def cmd_gfid(args) -> None:
 
     if dist.is_main():
         if args.out:
-            save_result(result, args.out)
+            write_json_atomic(result, args.out)
         extras = "".join(f", {name} {result[key]:.3f}" for key, name in (
             ("inception_score", "IS"), ("precision", "precision"), ("recall", "recall")) if result[key] is not None)
         print(f"gFID-{result['num_samples']} {result['fid']:.3f}{extras} vs {result['reference']} "

@@ -13,7 +13,6 @@ k = 3, as ADM's evaluator) on the pool features, which needs reference images (a
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,6 +165,3 @@ def gfid(
         result = box[0]
     return result
 
-
-def save_result(result: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(result, indent=2))
