@@ -159,3 +159,20 @@ def test_colour_groups_give_hard_negative_batches():
     assert all((s["shape"], s["colour"]) not in UNSEEN_IDS for s in (grouped[i] for i in range(400)))
     plain = CaptionedScenes(size=16, length=10)
     assert torch.equal(plain[3]["image"], CaptionedScenes(size=16, length=10, group_size=5)[3]["image"])
+
+
+def test_shape_twins_are_minimal_pairs():
+    twins = CaptionedScenes(size=32, length=64, shape_twins=True)
+    plain = CaptionedScenes(size=32, length=64)
+    for k in range(0, 64, 2):
+        first, twin = twins[k], twins[k + 1]
+        assert _same(first, plain[k])  # originals are the plain dataset's items
+        assert twin["colour"] == first["colour"] and twin["count"] == first["count"]
+        assert twin["shape"] != first["shape"] and (twin["shape"], twin["colour"]) not in UNSEEN_IDS
+        # the caption wording is the original's; only the shape noun differs
+        diff = [(a, b) for a, b in zip(first["caption"].split(), twin["caption"].split()) if a != b]
+        assert len(first["caption"].split()) == len(twin["caption"].split()) and len(diff) == 1
+        assert diff[0][1].rstrip("s").replace("crosse", "cross") == SHAPES[twin["shape"]]
+        changed = (first["image"] != twin["image"]).any(0)
+        assert 0 < changed.float().mean() < 0.5  # the objects changed, the background did not
+    assert twins[1]["key"].endswith("-twin") and _same(twins[1], CaptionedScenes(size=32, length=64, shape_twins=True)[1])

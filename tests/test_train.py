@@ -71,6 +71,15 @@ def test_lambda_zero_costs_no_trunk_compute(tmp_path):
     assert calls["VTP"] == calls["AE+CLIP"] + calls["AE+SSL"] - calls["AE"]
 
 
+def test_shape_twins_sit_side_by_side_in_the_batch(tmp_path):
+    from openvtp.train.data import build_source
+
+    source = build_source(tiny_config(tmp_path, "data.shape_twins=true"), 0, 1)  # item step * B + p
+    items = [source[i] for i in range(32)]
+    pairs = [(a, b) for a, b in zip(items[::2], items[1::2]) if a["source"] == b["source"] == 0]  # both scenes
+    assert len(pairs) >= 4 and all(b["key"] == a["key"] + "-twin" for a, b in pairs)
+
+
 def test_config_errors_before_work(tmp_path):
     from openvtp.config.schema import validate
 
@@ -81,6 +90,8 @@ def test_config_errors_before_work(tmp_path):
         validate(tiny_config(tmp_path), world_size=3)
     with pytest.raises(OpenVTPError, match="nothing to train"):
         validate(tiny_config(tmp_path, "clip.weight=0", "ssl.weight=0", "recon.weight=0"))
+    with pytest.raises(OpenVTPError, match="shape_twins needs an even batch"):
+        validate(tiny_config(tmp_path, "data.shape_twins=true"), world_size=8)
 
 
 def _cli(*args, env=None, **kw):

@@ -19,6 +19,7 @@ class DataConfig:
     captions: str = ""              # folder: CSV/JSONL file of (file, caption); empty: class folder names
     photo_fraction: float = 0.1     # embedded: share of real photographs among the procedural scenes
     colours_per_batch: int = 0      # embedded: >0 draws each step's scenes from this many colours (hard negatives)
+    shape_twins: bool = False       # embedded: every other scene is its neighbour with another shape (minimal pairs)
     workers: int = 0                # DataLoader worker processes
     shuffle_buffer: int = 1000      # shards
 
@@ -194,6 +195,8 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     per = world_size * cfg.optim.accum_steps
     _need(cfg.optim.accum_steps >= 1, "optim.accum_steps must be >= 1")
     _need(t.batch % per == 0, f"train.batch {t.batch} is not divisible by world size x accum_steps ({per})")
+    _need(not cfg.data.shape_twins or (t.batch // per) % 2 == 0,
+          f"data.shape_twins needs an even batch per process and micro-step, got {t.batch // per}")
     for name, sub, on in (("ssl", cfg.ssl.batch, cfg.ssl.weight > 0), ("recon", cfg.recon.batch, cfg.recon.weight > 0)):
         if not on:
             continue

@@ -239,16 +239,32 @@ def _caption(rng: np.random.Generator, shape: int, colour: int, count: int, rel_
 # ---------------------------------------------------------------------------- scenes
 
 
+def _twin_shape(seed: int, split: str, index: int, shape: int, colour: int,
+                pairs: tuple[tuple[int, int], ...]) -> int:
+    """Another shape that `pairs` has in `colour` (the same shape if there is none)."""
+    others = [s for s, c in pairs if c == colour and s != shape]
+    if not others:
+        return shape
+    return others[int(np.random.default_rng([seed, _SPLITS[split], 3, index]).integers(len(others)))]
+
+
 def render_scene(
-    seed: int, split: str, index: int, size: int | tuple[int, int] = 64, pairs: tuple[tuple[int, int], ...] = SEEN_IDS
+    seed: int, split: str, index: int, size: int | tuple[int, int] = 64, pairs: tuple[tuple[int, int], ...] = SEEN_IDS,
+    twin: bool = False,
 ) -> dict:
     """One scene as a sample dict; a pure function of its arguments.
 
-    `pairs` are the (shape, colour) index pairs to draw from uniformly.
+    `pairs` are the (shape, colour) index pairs to draw from uniformly. With `twin`, the scene of
+    `index` with its shape swapped for another of the same colour in `pairs`: the same layout,
+    background and caption wording, so image and caption differ from the original in the shape only.
     """
     h, w = _hw(size)
     rng = np.random.default_rng([seed, _SPLITS[split], index])
-    shape, colour = pairs[int(rng.integers(len(pairs)))]
+    first_shape, colour = pairs[int(rng.integers(len(pairs)))]
+    shape = _twin_shape(seed, split, index, first_shape, colour, pairs) if twin else first_shape
+    # the random stream must not depend on the swap: angles are drawn as for the first shape
+    rotates_first = SHAPES[first_shape] in _ROTATES
+    twin_angles = np.random.default_rng([seed, _SPLITS[split], 4, index])
     count = int(rng.integers(1, 4))
     bg_kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
 
@@ -261,7 +277,11 @@ def render_scene(
     draw = ImageDraw.Draw(mask)
     inst, base = _place(rng, count, h, w)
     for cx, cy, r in inst:
-        angle = math.radians(rng.uniform(-20, 20)) if SHAPES[shape] in _ROTATES else 0.0
+        angle = math.radians(rng.uniform(-20, 20)) if rotates_first else 0.0
+        if SHAPES[shape] not in _ROTATES:
+            angle = 0.0
+        elif not rotates_first:
+            angle = math.radians(twin_angles.uniform(-20, 20))
         _draw(draw, SHAPES[shape], cx * f, cy * f, r * f, angle)
     alpha = np.asarray(mask.reduce(f), dtype=np.float32)[..., None] * (1.0 / 255.0)  # (H, W, 1)
     img = img + (obj - img) * alpha
@@ -271,7 +291,7 @@ def render_scene(
     return {
         "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),  # (3, H, W) uint8
         "caption": caption,
-        "key": f"scene-{split}-{seed}-{index:08d}",
+        "key": f"scene-{split}-{seed}-{index:08d}" + ("-twin" if twin else ""),
         "label": shape,
         "shape": shape,
         "colour": colour,
@@ -292,6 +312,8 @@ class CaptionedScenes(Dataset):
             draw their pairs from `colours_per_group` random colours only. Read with the block
             equal to the contrastive batch, every batch then holds many objects of one colour
             and different shapes: hard negatives that colour alone cannot separate.
+        shape_twins: item 2k + 1 is the shape twin of item 2k (see `render_scene`): read in
+            order, every contrastive batch holds minimal pairs that only shape tells apart.
     """
 
     def __init__(
@@ -303,6 +325,7 @@ class CaptionedScenes(Dataset):
         heldout_pairs: str = "unseen",
         group_size: int = 0,
         colours_per_group: int = 0,
+        shape_twins: bool = False,
     ):
         if split not in _SPLITS:
             raise OpenVTPError(f"scenes: split must be one of {sorted(_SPLITS)}, got {split!r}")
@@ -322,6 +345,7 @@ class CaptionedScenes(Dataset):
         if group_size < 0 or not 0 <= colours_per_group <= len(COLOURS):
             raise OpenVTPError(f"scenes: need group_size >= 0 and 0 <= colours_per_group <= {len(COLOURS)}")
         self.group_size, self.colours_per_group = int(group_size), int(colours_per_group)
+        self.shape_twins = bool(shape_twins)
 
     def pairs_for(self, index: int) -> tuple[tuple[int, int], ...]:
         """The (shape, colour) pairs item `index` draws from."""
@@ -339,4 +363,7 @@ class CaptionedScenes(Dataset):
             index += self.length
         if not 0 <= index < self.length:
             raise IndexError(f"scene index {index} out of range for length {self.length}")
-        return render_scene(self.seed, self.split, int(index), self.size, self.pairs_for(int(index)))
+        index = int(index)
+        if self.shape_twins and index % 2:
+            return render_scene(self.seed, self.split, index - 1, self.size, self.pairs_for(index - 1), twin=True)
+        return render_scene(self.seed, self.split, index, self.size, self.pairs_for(index))

@@ -34,12 +34,13 @@ def build_source(cfg: PretrainConfig, rank: int, world_size: int) -> Dataset | I
     if d.source == "embedded":
         # item step * B + p is read at that index, so a group of B indices is one step's batch
         scenes = CaptionedScenes("train", size=size, length=EMBEDDED_LENGTH, seed=cfg.train.seed,
-                                 group_size=cfg.train.batch, colours_per_group=d.colours_per_batch)
+                                 group_size=cfg.train.batch, colours_per_group=d.colours_per_batch,
+                                 shape_twins=d.shape_twins)
         if d.photo_fraction <= 0:
             return scenes
         photos = NaturalPhotos(size=size, length=100_000, seed=cfg.train.seed)
         return Mixture([scenes, photos], [1 - d.photo_fraction, d.photo_fraction], seed=cfg.train.seed,
-                       length=EMBEDDED_LENGTH, keys=("image", "caption", "key"), keep_index=d.colours_per_batch > 0)
+                       length=EMBEDDED_LENGTH, keys=("image", "caption", "key"), keep_index=d.colours_per_batch > 0 or d.shape_twins)
     if d.source == "shards":
         return ShardDataset(d.path.split("::") if "::" in d.path else d.path, size=size, rank=rank,
                             world_size=world_size, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, resample=True)
