@@ -262,9 +262,8 @@ def render_scene(
     rng = np.random.default_rng([seed, _SPLITS[split], index])
     first_shape, colour = pairs[int(rng.integers(len(pairs)))]
     shape = _twin_shape(seed, split, index, first_shape, colour, pairs) if twin else first_shape
-    # the random stream must not depend on the swap: angles are drawn as for the first shape
     rotates_first = SHAPES[first_shape] in _ROTATES
-    twin_angles = np.random.default_rng([seed, _SPLITS[split], 4, index])
+    twin_angles = np.random.default_rng([seed, _SPLITS[split], 4, index]) if twin else None
     count = int(rng.integers(1, 4))
     bg_kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
 
@@ -277,6 +276,7 @@ def render_scene(
     draw = ImageDraw.Draw(mask)
     inst, base = _place(rng, count, h, w)
     for cx, cy, r in inst:
+        # angles are drawn as for the first shape, so nothing else in a twin depends on the swap
         angle = math.radians(rng.uniform(-20, 20)) if rotates_first else 0.0
         if SHAPES[shape] not in _ROTATES:
             angle = 0.0

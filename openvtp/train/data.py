@@ -40,7 +40,8 @@ def build_source(cfg: PretrainConfig, rank: int, world_size: int) -> Dataset | I
             return scenes
         photos = NaturalPhotos(size=size, length=100_000, seed=cfg.train.seed)
         return Mixture([scenes, photos], [1 - d.photo_fraction, d.photo_fraction], seed=cfg.train.seed,
-                       length=EMBEDDED_LENGTH, keys=("image", "caption", "key"), keep_index=d.colours_per_batch > 0 or d.shape_twins)
+                       length=EMBEDDED_LENGTH, keys=("image", "caption", "key"),
+                       keep_index=d.colours_per_batch > 0 or d.shape_twins)
     if d.source == "shards":
         return ShardDataset(d.path.split("::") if "::" in d.path else d.path, size=size, rank=rank,
                             world_size=world_size, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, resample=True)
