@@ -92,8 +92,6 @@ def test_config_errors_before_work(tmp_path):
         validate(tiny_config(tmp_path, "clip.weight=0", "ssl.weight=0", "recon.weight=0"))
     with pytest.raises(OpenVTPError, match="shape_twins needs an even batch"):
         validate(tiny_config(tmp_path, "data.shape_twins=true"), world_size=8)
-    with pytest.raises(OpenVTPError, match="drop_colour must be a probability"):
-        validate(tiny_config(tmp_path, "data.drop_colour=-0.1"))
 
 
 def _cli(*args, env=None, **kw):

@@ -20,7 +20,6 @@ class DataConfig:
     photo_fraction: float = 0.1     # embedded: share of real photographs among the procedural scenes
     colours_per_batch: int = 0      # embedded: >0 draws each step's scenes from this many colours (hard negatives)
     shape_twins: bool = False       # embedded: every other scene is its neighbour with another shape (minimal pairs)
-    drop_colour: float = 0.0        # embedded: probability that a caption leaves the colour unsaid
     workers: int = 0                # DataLoader worker processes
     shuffle_buffer: int = 1000      # shards
 
@@ -168,7 +167,6 @@ def _validate_train_and_data(t: TrainConfig, d: DataConfig) -> None:
     _need(d.source == "embedded" or d.path, f"data.path is required for data.source={d.source}")
     _need(0 <= d.photo_fraction <= 1, "data.photo_fraction must be in [0, 1]")
     _need(0 <= d.colours_per_batch <= 7, "data.colours_per_batch must be in 0..7 (0: every colour)")
-    _need(0 <= d.drop_colour <= 1, f"data.drop_colour must be a probability in [0, 1], got {d.drop_colour}")
 
 
 def validate_finetune(cfg: FinetuneDecoderConfig, world_size: int = 1) -> None:

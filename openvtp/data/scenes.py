@@ -221,9 +221,7 @@ def _place(rng: np.random.Generator, count: int, h: int, w: int) -> tuple[np.nda
 # ---------------------------------------------------------------------------- captions
 
 
-def _caption(rng: np.random.Generator, shape: int, colour: int, count: int, rel_size: float, bg: str,
-             drop_colour: float = 0.0) -> str:
-    """A caption in one of several wordings; with probability `drop_colour` it leaves the colour unsaid."""
+def _caption(rng: np.random.Generator, shape: int, colour: int, count: int, rel_size: float, bg: str) -> str:
     words = [str(rng.choice(_COUNT_WORDS[count]))]
     if rel_size < _SMALL and rng.random() < 0.6:
         words.append("small")
@@ -232,13 +230,10 @@ def _caption(rng: np.random.Generator, shape: int, colour: int, count: int, rel_
     words.append(COLOURS[colour])
     noun = SHAPES[shape] if count == 1 else _PLURAL.get(SHAPES[shape], SHAPES[shape] + "s")
     words.append(noun)
-    template = str(rng.choice(_TEMPLATES))
-    bg_phrase = str(rng.choice(_BG_PHRASES[bg]))
-    if drop_colour > 0 and rng.random() < drop_colour:  # drawn last: captions without the option stay as they were
-        words.remove(COLOURS[colour])
     if words[0] == "a" and words[1][0] in "aeiou":
         words[0] = "an"
-    return template.format(np=" ".join(words), bg=bg_phrase)
+    template = str(rng.choice(_TEMPLATES))
+    return template.format(np=" ".join(words), bg=str(rng.choice(_BG_PHRASES[bg])))
 
 
 # ---------------------------------------------------------------------------- scenes
@@ -255,14 +250,13 @@ def _twin_shape(seed: int, split: str, index: int, shape: int, colour: int,
 
 def render_scene(
     seed: int, split: str, index: int, size: int | tuple[int, int] = 64, pairs: tuple[tuple[int, int], ...] = SEEN_IDS,
-    twin: bool = False, drop_colour: float = 0.0,
+    twin: bool = False,
 ) -> dict:
     """One scene as a sample dict; a pure function of its arguments.
 
     `pairs` are the (shape, colour) index pairs to draw from uniformly. With `twin`, the scene of
     `index` with its shape swapped for another of the same colour in `pairs`: the same layout,
     background and caption wording, so image and caption differ from the original in the shape only.
-    `drop_colour` is the probability that the caption leaves the colour unsaid (see `_caption`).
     """
     h, w = _hw(size)
     rng = np.random.default_rng([seed, _SPLITS[split], index])
@@ -293,7 +287,7 @@ def render_scene(
     img = img + (obj - img) * alpha
     pixels = np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
-    caption = _caption(rng, shape, colour, count, base / min(h, w), bg_kind, drop_colour)
+    caption = _caption(rng, shape, colour, count, base / min(h, w), bg_kind)
     return {
         "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),  # (3, H, W) uint8
         "caption": caption,
@@ -318,9 +312,6 @@ class CaptionedScenes(Dataset):
             draw their pairs from `colours_per_group` random colours only. Read with the block
             equal to the contrastive batch, every batch then holds many objects of one colour
             and different shapes: hard negatives that colour alone cannot separate.
-        drop_colour: probability that a caption leaves the colour unsaid ("a photo of two stars").
-            Such a caption can only be matched by shape, count and background, and the text tower
-            learns shape words apart from any colour, as the zero-shot shape prompts use them.
         shape_twins: item 2k + 1 is the shape twin of item 2k (see `render_scene`): read in
             order, every contrastive batch holds minimal pairs that only shape tells apart.
     """
@@ -335,7 +326,6 @@ class CaptionedScenes(Dataset):
         group_size: int = 0,
         colours_per_group: int = 0,
         shape_twins: bool = False,
-        drop_colour: float = 0.0,
     ):
         if split not in _SPLITS:
             raise OpenVTPError(f"scenes: split must be one of {sorted(_SPLITS)}, got {split!r}")
@@ -356,9 +346,6 @@ class CaptionedScenes(Dataset):
             raise OpenVTPError(f"scenes: need group_size >= 0 and 0 <= colours_per_group <= {len(COLOURS)}")
         self.group_size, self.colours_per_group = int(group_size), int(colours_per_group)
         self.shape_twins = bool(shape_twins)
-        if not 0.0 <= drop_colour <= 1.0:
-            raise OpenVTPError(f"scenes: drop_colour must be a probability in [0, 1], got {drop_colour}")
-        self.drop_colour = float(drop_colour)
 
     def pairs_for(self, index: int) -> tuple[tuple[int, int], ...]:
         """The (shape, colour) pairs item `index` draws from."""
@@ -378,7 +365,5 @@ class CaptionedScenes(Dataset):
             raise IndexError(f"scene index {index} out of range for length {self.length}")
         index = int(index)
         if self.shape_twins and index % 2:
-            return render_scene(self.seed, self.split, index - 1, self.size, self.pairs_for(index - 1), twin=True,
-                                drop_colour=self.drop_colour)
-        return render_scene(self.seed, self.split, index, self.size, self.pairs_for(index),
-                            drop_colour=self.drop_colour)
+            return render_scene(self.seed, self.split, index - 1, self.size, self.pairs_for(index - 1), twin=True)
+        return render_scene(self.seed, self.split, index, self.size, self.pairs_for(index))

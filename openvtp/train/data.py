@@ -35,7 +35,7 @@ def build_source(cfg: PretrainConfig, rank: int, world_size: int) -> Dataset | I
         # item step * B + p is read at that index, so a group of B indices is one step's batch
         scenes = CaptionedScenes("train", size=size, length=EMBEDDED_LENGTH, seed=cfg.train.seed,
                                  group_size=cfg.train.batch, colours_per_group=d.colours_per_batch,
-                                 shape_twins=d.shape_twins, drop_colour=d.drop_colour)
+                                 shape_twins=d.shape_twins)
         if d.photo_fraction <= 0:
             return scenes
         photos = NaturalPhotos(size=size, length=100_000, seed=cfg.train.seed)
