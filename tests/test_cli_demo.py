@@ -1,5 +1,7 @@
 """`openvtp demo` (what `make demo` runs): stage 1, then stage 2 on its tokenizer, one summary."""
 import json
+import re
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -22,6 +24,8 @@ def test_demo_fine_tunes_the_decoder_of_the_pretrained_tokenizer(tmp_path):
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     assert "after decoder fine-tuning" in out
+    grids = re.search(r"reconstruction grids: (\S+) \(fine-tuned decoder\), (\S+) \(pre-training\)", out)
+    assert grids and all(Path(p).is_file() for p in grids.groups()), out
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["decoder_finetune"]["steps"] == 3

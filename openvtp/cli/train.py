@@ -64,6 +64,8 @@ def cmd_demo(args) -> None:
                  if "psnr_decoder_finetuned" in held else "")
         lines.append(f"  reconstruction PSNR: {tuned}{held['psnr']:.2f} dB after pre-training (per-patch mean-colour "
                      f"baseline {held['psnr_patch_mean_baseline']:.2f} dB)")
+        lines.append(f"  reconstruction grids: {Path(stage2['tokenizer']).parent / 'reconstructions.png'} (fine-tuned "
+                     f"decoder), {out / 'reconstructions.png'} (pre-training)")
     if args.generation_budget > 0:
         from openvtp.generation.demo import run_generation_demo
 
