@@ -204,3 +204,23 @@ def test_image_folder_with_captions_trains(tmp_path):
     cfg = tiny_config(tmp_path / "run", "data.source=folder", f"data.path={root}",
                       f"data.captions={tmp_path / 'captions.csv'}", "train.steps=2")
     assert pretrain(cfg)["steps"] == 2
+
+
+def test_teacher_update_is_an_ema_of_trunk_and_head(tmp_path):
+    cfg = tiny_config(tmp_path)
+    task = PretrainTask(cfg, VTPModel(cfg.model))
+    ssl, model = task.ssl, task.model
+    students = dict(model.trunk.named_parameters()) | {f"head.{k}": v for k, v in ssl.head.named_parameters()}
+    with torch.no_grad():  # student and teacher start equal; move the student so the update shows
+        for p in students.values():
+            p.add_(torch.randn_like(p))
+    teachers = dict(ssl.teacher["trunk"].named_parameters()) | {
+        f"head.{k}": v for k, v in ssl.teacher["head"].named_parameters()}
+    assert teachers.keys() == students.keys() and not any(p.requires_grad for p in teachers.values())
+    before = {k: v.clone() for k, v in teachers.items()}
+    ssl.update_teacher(model, 0.9)
+    for k, t in teachers.items():
+        assert torch.allclose(t, 0.9 * before[k] + 0.1 * students[k], atol=1e-6), k
+    after = {k: v.clone() for k, v in teachers.items()}
+    ssl.update_teacher(model, 1.0)
+    assert all(torch.equal(teachers[k], after[k]) for k in teachers)
