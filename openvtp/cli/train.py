@@ -64,8 +64,6 @@ def cmd_demo(args) -> None:
                  if "psnr_decoder_finetuned" in held else "")
         lines.append(f"  reconstruction PSNR: {tuned}{held['psnr']:.2f} dB after pre-training (per-patch mean-colour "
                      f"baseline {held['psnr_patch_mean_baseline']:.2f} dB)")
-        lines.append(f"  reconstruction grids: {Path(stage2['tokenizer']).parent / 'reconstructions.png'} (fine-tuned "
-                     f"decoder), {out / 'reconstructions.png'} (pre-training)")
     if args.generation_budget > 0:
         from openvtp.generation.demo import run_generation_demo
 
@@ -83,6 +81,9 @@ def cmd_demo(args) -> None:
         lines.append(f"  Frechet distance in the judge's features: generated {fig['generated']['frechet_probe']:.2f}, "
                      f"reconstructed {fig['reconstructed']['frechet_probe']:.2f}, real {fig['real']['frechet_probe']:.2f}")
         lines.append(f"  sample grid: {gen['grid']}")
+    if "reconstructions" in stage2 and "reconstructions" in summary:
+        lines.append(f"  reconstruction grids: {stage2['reconstructions']} (fine-tuned decoder), "
+                     f"{summary['reconstructions']} (pre-training)")
     lines.append(f"  summary: {out / 'summary.json'}  tensorboard: {out / 'tensorboard'}")
     print("\n" + "\n".join(lines))
 

@@ -211,6 +211,7 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
             summary["heldout"] = {"images": len(heldout), "psnr_stage1": before["psnr"], "psnr": after["psnr"],
                                   "psnr_patch_mean_baseline": after["psnr_patch_mean_baseline"]}
             image_grid(*embedded_recon_examples(model, 16, seed=cfg.train.seed), out / "reconstructions.png", nrow=4)
+            summary["reconstructions"] = str(out / "reconstructions.png")
         logger.write_summary(summary)
     dist.barrier()
     dist.cleanup()

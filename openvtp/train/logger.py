@@ -132,6 +132,7 @@ class RunLogger:
             summary["heldout"] = embedded_eval(model, n_images=cfg.eval.images, seed=cfg.train.seed)
             orig, rec = embedded_recon_examples(model, 16, seed=cfg.train.seed)
             image_grid(orig, rec, self.out / "reconstructions.png", nrow=4)
+            summary["reconstructions"] = str(self.out / "reconstructions.png")
             for k, v in summary["heldout"].items():
                 self.tb.add_scalar(f"eval/{k}", v, steps_done)
         self.write_summary(summary)
