@@ -229,18 +229,22 @@ def test_bad_input_is_one_line(work, tmp_path, capsys, argv, message):
 @pytest.mark.slow
 def test_generation_demo_writes_its_files(work, tmp_path):
     from openvtp.generation.demo import run_generation_demo
+    from openvtp.generation.demo_config import GenerationDemoConfig
 
-    summary = run_generation_demo(work / "tok", tmp_path, time_budget_s=20, num_images=48, eval_samples=40,
-                                  grid_per_class=1, progress=False, overrides=(
-                                      "model.arch=dit-tiny-1", "model.hidden_size=0", "model.depth=0",
-                                      "model.num_heads=0", "sample.num_steps=4"))
+    demo = GenerationDemoConfig(num_images=48, judge_steps=20, eval_samples=40, reference_images=64, grid_per_class=1)
+    summary = run_generation_demo(work / "tok", tmp_path, demo, progress=False, dit_overrides=(
+        "model.arch=dit-tiny-1", "model.hidden_size=0", "model.depth=0", "model.num_heads=0", "train.steps=7",
+        "sample.num_steps=4"))
     gen = tmp_path / "generation"
     assert json.loads((gen / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert (gen / "samples_grid.png").is_file() and (gen / "reconstructions_grid.png").is_file()
     # the grid: one sample per (shape, colour) pair seen in training, then 2 per pair judged
     assert np.load(gen / "samples" / "samples.npz")["arr_0"].shape == (39 + 39 * 2, 64, 64, 3)
     assert Image.open(gen / "samples_grid.png").height == 14 + 7 * 66 + 2  # colour names above, a row per shape
-    assert summary["dit"]["steps"] > 0 and summary["time_s"] <= 20 + 10
+    assert summary["complete"] and summary["dit"]["steps"] == 7 and summary["judge"]["steps"] == 20
     for row in ("generated", "reconstructed", "real"):
         figures = summary["figures"][row]
         assert 0 <= figures["shape_acc"] <= 1 and 0 <= figures["colour_acc"] <= 1 and figures["frechet_probe"] >= 0
+    gap = summary["gap_to_reconstructed"]["frechet_probe"]
+    assert gap == pytest.approx(summary["figures"]["generated"]["frechet_probe"]
+                                - summary["figures"]["reconstructed"]["frechet_probe"], abs=1e-3)

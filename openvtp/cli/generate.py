@@ -135,20 +135,31 @@ def cmd_gfid(args) -> None:
 
 
 def cmd_demo_generation(args) -> None:
+    from openvtp.config.load import load_config
+    from openvtp.experiments.demo import dit_config, split_overrides
     from openvtp.generation.demo import run_generation_demo
+    from openvtp.generation.demo_config import GenerationDemoConfig
 
+    parts = split_overrides(args.overrides)
+    if parts["pretrain"] or parts["decoder"]:
+        raise OpenVTPError(f"override '{(parts['pretrain'] + parts['decoder'])[0]}': only dit.KEY=VALUE and "
+                           "generation.KEY=VALUE apply here")
+    demo = load_config(GenerationDemoConfig, None, parts["generation"])
+    dit_config(parts["dit"])
     if not Path(args.tokenizer).is_dir():
         raise OpenVTPError(f"tokenizer folder not found: {args.tokenizer} (run openvtp demo first)")
-    summary = run_generation_demo(args.tokenizer, args.out, time_budget_s=args.budget, seed=args.seed,
-                                  condition=args.condition, overrides=tuple(args.overrides))
+    summary = run_generation_demo(args.tokenizer, args.out, demo, seed=args.seed, dit_overrides=parts["dit"])
     f = summary["figures"]
-    print(f"\nopenvtp demo-generation: DiT {summary['dit']['steps']} steps, {summary['time_s']:.0f}s "
+    print(f"\nopenvtp demo-generation: DiT {summary['dit']['steps']} steps, {summary['timing']['total_s']:.0f}s "
           f"-> {Path(args.out) / 'generation'}")
     for key, name in (("shape_acc", "shape accuracy"), ("colour_acc", "colour accuracy"),
                       ("frechet_probe", "Frechet distance (judge features)")):
         if f["generated"][key] is not None:
             print(f"  {name}: generated {f['generated'][key]:.3f}, reconstructed {f['reconstructed'][key]:.3f}, "
                   f"real {f['real'][key]:.3f}")
+    if not summary["complete"]:
+        print(f"WARNING: INCOMPLETE RUN, the figures above are not the result: {summary['stopped']}")
+        raise SystemExit(2)
 
 
 def _sampling_args(p) -> None:
@@ -187,11 +198,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("demo-generation", help="the demo's generation half alone, on an exported demo tokenizer")
     p.add_argument("tokenizer", help="tokenizer folder, e.g. runs/demo/decoder/tokenizer")
-    p.add_argument("--out", default="runs/demo", help="run folder; writes OUT/generation/")
-    p.add_argument("--budget", type=float, default=720.0, help="seconds for the whole generation half")
-    p.add_argument("--condition", default="shape_colour", choices=("shape_colour", "shape"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("overrides", nargs="*", help="dit-demo preset overrides, e.g. train.lr=5e-4")
+    p.add_argument("--out", default="runs/demo", help="run folder; writes OUT/generation/ (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="latents subset, DiT training and samples (default: 0)")
+    p.add_argument("overrides", nargs="*", help="dit.KEY=VALUE (the dit-demo preset, e.g. dit.train.steps=2000) and "
+                                                "generation.KEY=VALUE (as in openvtp demo --help)")
     p.set_defaults(func=cmd_demo_generation)
 
     p = sub.add_parser("sample", help="sample a DiT: PNGs, ADM .npz (arr_0 uint8 NHWC) and grid.png")

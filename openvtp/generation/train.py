@@ -31,6 +31,7 @@ from openvtp.losses.flow import FlowMatchingLoss, sample_timesteps
 from openvtp.models.dit import LightningDiT
 from openvtp.train import dist
 from openvtp.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from openvtp.train.logger import time_limit_message
 
 log = logging.getLogger("openvtp.dit")
 
@@ -237,7 +238,7 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
         if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or out_of_time:
             save(step)
         if out_of_time and step < tc.steps:
-            log.info("time limit %.0fs reached at step %d; stopping", tc.time_limit_s, step)
+            log.warning("warning: %s: the run is incomplete", time_limit_message(tc.time_limit_s, step, tc.steps))
             break
     bar.close()
     if writer is not None:

@@ -26,7 +26,7 @@ from openvtp.models import VTPModel
 from . import dist
 from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
 from .data import build_loader
-from .logger import RunLogger
+from .logger import RunLogger, time_limit_message
 from .loop import adamw, param_groups, precision_context
 from .schedules import warmup_cosine
 
@@ -157,7 +157,7 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
                                       "config": config_to_dict(cfg)}, config_yaml, cfg.train.keep_last)
         dist.barrier()
 
-    t_start, step = time.time(), start
+    t_start, step, stopped = time.time(), start, None
     task.train()
     for batch in loader:
         step = int(batch["step"])
@@ -194,14 +194,15 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
         if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or out_of_time:
             checkpoint(done)
         if out_of_time:
-            logger.warn(f"time limit {cfg.train.time_limit_s:.0f}s reached at step {done}; stopping")
+            stopped = time_limit_message(cfg.train.time_limit_s, done, cfg.train.steps)
+            logger.warn(f"{stopped}: the run is incomplete, its figures are not the config's result")
             break
 
     summary: dict = {}
     if main:
         model.eval()
         model.save_pretrained(out / "tokenizer")
-        summary = logger.finish_basic(steps_done=step + 1 if step >= start else start)
+        summary = logger.finish_basic(step + 1 if step >= start else start, stopped)
         summary["stage1"] = cfg.init
         if heldout is not None:
             from openvtp.eval.embedded import embedded_recon_examples

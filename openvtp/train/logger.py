@@ -15,6 +15,11 @@ from .checkpoint import write_json_atomic
 log = logging.getLogger("openvtp.train")
 
 
+def time_limit_message(limit_s: float, done: int, total: int) -> str:
+    """What a run stopped by its time-limit safety net says (in the log and in its summary)."""
+    return f"the train.time_limit_s={limit_s:g} safety net fired at step {done} of {total}"
+
+
 class RunLogger:
     """Rank 0 logs; on other ranks every method is a no-op."""
 
@@ -107,12 +112,19 @@ class RunLogger:
         fig.savefig(path, dpi=100)
         plt.close(fig)
 
-    def finish_basic(self, steps_done: int) -> dict:
-        """Close the bar, draw the loss curves; the summary's common part."""
+    def finish_basic(self, steps_done: int, stopped: str | None = None) -> dict:
+        """Close the bar, draw the loss curves; the summary's common part.
+
+        `complete` says whether the run made all `train.steps`; a run stopped early by the time-limit
+        safety net says why in `stopped`, and its figures are not the config's result.
+        """
         self.bar.close()
         self.plot_losses(self.out / "loss_curves.png")
-        summary: dict = {"steps": steps_done, "train_time_s": round(time.time() - self.t0, 1),
-                         "tokenizer": str(self.out / "tokenizer")}
+        summary: dict = {"complete": steps_done >= self.cfg.train.steps, "steps": steps_done,
+                         "tokenizer": str(self.out / "tokenizer"),
+                         "timing": {"train_s": round(time.time() - self.t0, 1)}}
+        if stopped:
+            summary["stopped"] = stopped
         if self.history:
             summary["final_losses"] = {k: v for k, v in self.history[-1].items() if k.endswith("_loss") or k == "loss"}
         return summary
@@ -121,8 +133,8 @@ class RunLogger:
         write_json_atomic(summary, self.out / "summary.json")
         self.tb.close()
 
-    def finish(self, model, cfg: PretrainConfig, steps_done: int) -> dict:
-        summary = self.finish_basic(steps_done)
+    def finish(self, model, cfg: PretrainConfig, steps_done: int, stopped: str | None = None) -> dict:
+        summary = self.finish_basic(steps_done, stopped)
         summary["objectives"] = {k: w for k, w in (("clip", cfg.clip.weight), ("ssl", cfg.ssl.weight),
                                                    ("rec", cfg.recon.weight)) if w > 0}
         if cfg.data.source == "embedded":

@@ -22,7 +22,7 @@ from openvtp.models import VTPModel
 from . import dist, parallel
 from .checkpoint import resolve_resume, save_checkpoint
 from .data import build_loader
-from .logger import RunLogger
+from .logger import RunLogger, time_limit_message
 from .schedules import cosine, warmup_cosine
 from .task import PretrainTask
 
@@ -105,6 +105,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     logger = RunLogger(out, cfg, start, enabled=main)
 
     total, bad_streak, step = cfg.train.steps, 0, start
+    stopped = None
     t_start = time.time()
     config_yaml = (out / "config.yaml").read_text() if main else ""
     task.train()
@@ -183,7 +184,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         if done % cfg.train.ckpt_every == 0 or done == total or out_of_time:
             checkpoint(done)
         if out_of_time:
-            logger.warn(f"time limit {cfg.train.time_limit_s:.0f}s reached at step {done}; stopping")
+            stopped = time_limit_message(cfg.train.time_limit_s, done, cfg.train.steps)
+            logger.warn(f"{stopped}: the run is incomplete, its figures are not the config's result")
             break
 
     summary = {}
@@ -191,7 +193,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if main:
         final.eval()
         final.save_pretrained(out / "tokenizer")
-        summary = logger.finish(final, cfg, step + 1 if step >= start else start)
+        summary = logger.finish(final, cfg, step + 1 if step >= start else start, stopped)
     dist.barrier()
     dist.cleanup()
     return summary

@@ -1,0 +1,1 @@
+"""Experiments that chain the stages: the demo (`openvtp demo`) and, on top of it, the study."""
