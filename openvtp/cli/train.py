@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from openvtp.errors import OpenVTPError
+
+# the default study (README, "Does it work?"): chosen once for a fair comparison within 90 min on 2 cores
+STUDY_DEFAULTS = {"variants": "ae,vtp", "steps": "250,1000", "seeds": "0,1,2"}
 
 
 def cmd_pretrain(args) -> None:
@@ -44,6 +50,28 @@ def _demo_epilog() -> str:
             "\nEvery stage runs a fixed number of steps; train.time_limit_s (each stage's) is only a safety net.")
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise OpenVTPError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
+def cmd_study(args) -> None:
+    """Every variant x tokenizer steps x seed as a demo run; the table and the figure of the paper's claim."""
+    from openvtp.experiments.study import run_study
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    result = run_study(args.out, variants, _int_list(args.tokenizer_steps, "--tokenizer-steps"),
+                       _int_list(args.seeds, "--seeds"), args.overrides)
+    incomplete = [c["cell"] for c in result["cells"] if not c["complete"]]
+    print(f"\nopenvtp study: {len(result['cells'])} cells -> {args.out}/study.json, study.md, study.png")
+    print(Path(args.out, "study.md").read_text())
+    if incomplete:
+        print(f"WARNING: INCOMPLETE CELLS, a safety net fired: {', '.join(incomplete)}")
+        raise SystemExit(2)
+
+
 def cmd_finetune_decoder(args) -> None:
     from openvtp.config.load import load_config
     from openvtp.config.schema import FinetuneDecoderConfig
@@ -66,6 +94,20 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", help="KEY=VALUE, decoder.KEY=VALUE, dit.KEY=VALUE, generation.KEY=VALUE "
                                                 "(see below)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("study", help="does semantic pre-training make latents better for generation? "
+                                      "(variants x tokenizer steps x seeds, each a demo run)",
+                       epilog="Overrides are those of `openvtp demo` (see its --help) and apply to every cell; "
+                              "the study sets train.steps, train.seed, clip.weight and ssl.weight per cell. A rerun "
+                              "into the same --out skips finished cells.")
+    p.add_argument("--out", default="runs/study", help="study folder (default: %(default)s)")
+    p.add_argument("--variants", default=STUDY_DEFAULTS["variants"],
+                   help="from ae, ae-clip, ae-ssl, vtp (default: %(default)s)")
+    p.add_argument("--tokenizer-steps", default=STUDY_DEFAULTS["steps"],
+                   help="pre-training steps of each tokenizer (default: %(default)s)")
+    p.add_argument("--seeds", default=STUDY_DEFAULTS["seeds"], help="(default: %(default)s)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE, decoder.KEY=VALUE, dit.KEY=VALUE, generation.KEY=VALUE")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("finetune-decoder", help="stage 2: freeze the encoder, fine-tune the decoder with L1 + LPIPS + GAN")
     p.add_argument("model", help="stage-1 tokenizer: pretrain run folder, model folder or hub id")

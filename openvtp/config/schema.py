@@ -86,6 +86,7 @@ class OptimConfig:
 class EvalDuringTraining:
     every: int = 0                  # steps between quick evaluations; 0: only at the end
     images: int = 256               # held-out images used
+    seed: int = 0                   # draws the held-out images: every run is measured on the same ones
 
 
 @dataclass

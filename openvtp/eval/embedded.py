@@ -1,8 +1,9 @@
 """Quick evaluation on the embedded held-out scenes: what the demo and in-training eval report.
 
 Zero-shot shape and colour accuracy on held-out images of (shape, colour) pairs never seen in
-training, kNN shape accuracy (train scenes as the memory bank), and reconstruction PSNR next
-to the per-patch mean-colour baseline that a tokenizer must beat to have learnt anything.
+training, kNN shape accuracy (train scenes as the memory bank), linear probes on the CLS and on the
+latent, and reconstruction PSNR next to the per-patch mean-colour baseline that a tokenizer must
+beat to have learnt anything.
 """
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from openvtp.data.scenes import COLOURS, SHAPES, CaptionedScenes, colour_prompts
 from openvtp.models import VTPModel
 
 from .knn import knn_classify
+from .linear_probe import linear_probe_simple
 from .recon_metrics import patch_mean_baseline, psnr
 from .zero_shot import build_zero_shot_classifier, zero_shot_accuracy
+
+# the probes: a few hundred AdamW steps on a few thousand features, a second on CPU
+PROBE_EPOCHS, PROBE_BATCH, PROBE_LR = 30, 256, 1e-3
 
 
 def stack_scenes(ds: CaptionedScenes, n: int) -> dict[str, torch.Tensor]:
@@ -24,35 +29,64 @@ def stack_scenes(ds: CaptionedScenes, n: int) -> dict[str, torch.Tensor]:
             **{k: torch.tensor([it[k] for it in items]) for k in ("shape", "colour", "count")}}
 
 
-@torch.inference_mode()
 def embedded_eval(model: VTPModel, n_images: int = 256, size: int | None = None, seed: int = 0,
-                  batch: int = 64, knn_train: int = 512) -> dict[str, float]:
+                  batch: int = 64, n_train: int = 2000, zero_shot: bool = True) -> dict[str, float]:
+    """Held-out figures of a tokenizer, on `n_images` scenes of the (shape, colour) pairs never seen in
+    training, drawn with `seed`; `n_train` train scenes are the kNN bank and the probes' training set.
+
+    zeroshot_{shape,colour} (with a text tower, unless `zero_shot` is false: one never trained), knn_shape (last-block CLS), probe_{shape,colour}_{cls,latent}
+    (a linear classifier on the CLS or on the flattened latent a generator sees, trained on seen pairs,
+    tested on unseen ones: high only where the attribute is encoded apart from the other), psnr (with a
+    decoder) next to the per-patch mean-colour baseline. Accuracies in percent.
+    """
     was_training = model.training
     model.eval()
     size = size or model.config.image_size
-    device = model.trunk.cls_token.device
     held = stack_scenes(CaptionedScenes("heldout", size=size, length=n_images, seed=seed), n_images)
+    bank = stack_scenes(CaptionedScenes("train", size=size, length=n_train, seed=seed + 1), n_train)
     out: dict[str, float] = {"images": float(len(held["images"]))}
-
-    def batched(fn, x):
-        return torch.cat([fn(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
-
-    feats = batched(lambda x: model.get_last_layer_feature(model.normalize(x))["cls_token"], held["images"])
-    if model.config.train_clip:
-        img = batched(model.encode_image, held["images"])
-        for attr, (names, templates), n_cls in (("shape", shape_prompts(), len(SHAPES)),
-                                                ("colour", colour_prompts(), len(COLOURS))):
-            clf = build_zero_shot_classifier(lambda t: model.get_clip_text_feature(t.to(device)), names, templates,
-                                             model.tokenize).float().cpu()
-            out[f"zeroshot_{attr}"] = zero_shot_accuracy(img, clf, held[attr], topk=(1,))["top1"]
-            out[f"zeroshot_{attr}_chance"] = 100.0 / n_cls
-    bank = stack_scenes(CaptionedScenes("train", size=size, length=knn_train, seed=seed + 1), knn_train)
-    bank_feats = batched(lambda x: model.get_last_layer_feature(model.normalize(x))["cls_token"], bank["images"])
-    out["knn_shape"] = knn_classify(F.normalize(bank_feats, dim=-1), bank["shape"], F.normalize(feats, dim=-1),
-                                    held["shape"], k=20, num_classes=len(SHAPES))["top1"]
+    with torch.inference_mode():
+        if zero_shot and model.config.train_clip:
+            out.update(_zero_shot(model, held, batch))
+        feats = {split: _features(model, data["images"], batch) for split, data in (("held", held), ("bank", bank))}
+        out["knn_shape"] = knn_classify(F.normalize(feats["bank"]["cls"], dim=-1), bank["shape"],
+                                        F.normalize(feats["held"]["cls"], dim=-1), held["shape"], k=20,
+                                        num_classes=len(SHAPES))["top1"]
+    for attr, n_cls in (("shape", len(SHAPES)), ("colour", len(COLOURS))):
+        for name in feats["held"]:
+            out[f"probe_{attr}_{name}"] = linear_probe_simple(
+                feats["bank"][name], bank[attr], feats["held"][name], held[attr], num_classes=n_cls,
+                epochs=PROBE_EPOCHS, batch_size=PROBE_BATCH, lr=PROBE_LR, device="cpu", seed=seed)["top1"]
     if model.config.train_reconstruction:
         out.update(reconstruction_psnr(model, held["images"], batch))
     model.train(was_training)
+    return out
+
+
+def _batched(fn, x: torch.Tensor, batch: int, device) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
+
+
+def _features(model: VTPModel, images: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+    """{"cls": last-block CLS, "latent": the flattened reconstruction latent (only with a decoder)}."""
+    device = model.trunk.cls_token.device
+    out = {"cls": _batched(lambda x: model.get_last_layer_feature(model.normalize(x))["cls_token"], images, batch,
+                           device)}
+    if model.config.train_reconstruction:
+        out["latent"] = _batched(lambda x: model.encode(x).flatten(1), images, batch, device)
+    return out
+
+
+def _zero_shot(model: VTPModel, held: dict[str, torch.Tensor], batch: int) -> dict[str, float]:
+    device = model.trunk.cls_token.device
+    img = _batched(model.encode_image, held["images"], batch, device)
+    out = {}
+    for attr, (names, templates), n_cls in (("shape", shape_prompts(), len(SHAPES)),
+                                            ("colour", colour_prompts(), len(COLOURS))):
+        clf = build_zero_shot_classifier(lambda t: model.get_clip_text_feature(t.to(device)), names, templates,
+                                         model.tokenize).float().cpu()
+        out[f"zeroshot_{attr}"] = zero_shot_accuracy(img, clf, held[attr], topk=(1,))["top1"]
+        out[f"zeroshot_{attr}_chance"] = 100.0 / n_cls
     return out
 
 

@@ -89,8 +89,9 @@ def plan_demo(out: str | Path, overrides: Sequence[str] = ()) -> DemoPlan:
     return DemoPlan(out, cfg, dcfg, gcfg, parts["dit"])
 
 
-def run_demo(plan: DemoPlan, progress: bool = True) -> dict:
-    """Run the stages of `plan`; returns the demo's summary (also `out/summary.json`)."""
+def run_demo(plan: DemoPlan, progress: bool = True, judge_cache: Path | None = None) -> dict:
+    """Run the stages of `plan`; returns the demo's summary (also `out/summary.json`). judge_cache: a folder
+    that keeps the generation half's judge between runs (a study's cells share it)."""
     from openvtp.generation.demo import run_generation_demo
     from openvtp.train.decoder_finetune import finetune_decoder
     from openvtp.train.loop import pretrain
@@ -109,7 +110,7 @@ def run_demo(plan: DemoPlan, progress: bool = True) -> dict:
     complete = summary["complete"] and stage2["complete"]
     if plan.generation.enabled:
         gen = run_generation_demo(stage2["tokenizer"], plan.out, plan.generation, seed=plan.seed,
-                                  dit_overrides=plan.dit_overrides, progress=progress)
+                                  dit_overrides=plan.dit_overrides, judge_cache=judge_cache, progress=progress)
         summary["generation"] = {k: gen[k] for k in ("complete", "condition", "figures", "gap_to_reconstructed",
                                                      "chance", "grid")}
         summary["generation"].update(dit_steps=gen["dit"]["steps"], samples=gen["sampling"]["samples"],

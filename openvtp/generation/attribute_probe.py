@@ -9,9 +9,13 @@ classifier's penultimate feature space (FID's recipe with a domain-specific feat
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
@@ -116,6 +120,30 @@ def train_attribute_probe(
     log.info("attribute probe: held-out shape acc %.3f, colour acc %.3f", probe.val_acc["shape"],
              probe.val_acc["colour"])
     return probe.eval()
+
+
+def cached_attribute_probe(cache_dir: str | Path | None, size: int, steps: int, seed: int,
+                           progress: bool = True) -> AttributeProbe:
+    """`train_attribute_probe(size, steps=steps, seed=seed)`, read from `cache_dir` when an earlier call wrote it.
+
+    Training is deterministic (one thread), so the cache changes nothing but the time: a study trains
+    its judge once and every cell is judged by the same weights.
+    """
+    path = None if cache_dir is None else Path(cache_dir) / f"judge-{size}px-{steps}steps-seed{seed}.safetensors"
+    if path is not None and path.is_file():
+        probe = AttributeProbe()
+        probe.load_state_dict(load_file(path))
+        meta = safe_open(path, "pt").metadata()
+        probe.val_acc = {k: float(meta[k]) for k in ("shape", "colour")}
+        log.info("attribute probe: read from %s", path)
+        return probe.eval()
+    probe = train_attribute_probe(size, steps=steps, seed=seed, progress=progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(probe.state_dict(), tmp, metadata={k: repr(v) for k, v in probe.val_acc.items()})
+        os.replace(tmp, path)
+    return probe
 
 
 def reference_images(size: int, n: int = 1000, seed: int = REFERENCE_SEED) -> torch.Tensor:

@@ -27,8 +27,8 @@ from PIL import Image, ImageDraw
 from openvtp.config.load import load_config
 from openvtp.data.scenes import COLOURS, SEEN_IDS, SHAPES
 from openvtp.errors import OpenVTPError
-from openvtp.generation.attribute_probe import (REFERENCE_SEED, generation_quality, render, reference_images,
-                                                train_attribute_probe)
+from openvtp.generation.attribute_probe import (REFERENCE_SEED, cached_attribute_probe, generation_quality, render,
+                                                reference_images)
 from openvtp.generation.config import GenerationConfig, dit_kwargs, validate
 from openvtp.generation.demo_config import GenerationDemoConfig, validate_demo
 from openvtp.generation.latents import LatentDataset, extract_latents
@@ -94,6 +94,7 @@ def run_generation_demo(
     *,
     seed: int = 0,
     dit_overrides: Sequence[str] = (),
+    judge_cache: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Generation half of `openvtp demo`: writes `out_dir/generation/` and returns its summary.
@@ -102,7 +103,8 @@ def run_generation_demo(
     (latents, judge steps, judged samples; `GenerationDemoConfig`). seed: the latents' subset, the
     DiT's training and its samples. dit_overrides: dotted `dit-demo` preset overrides. The DiT trains
     for its preset's `train.steps`; its `train.time_limit_s` is only a safety net, and when it fires
-    the summary says `"complete": false`.
+    the summary says `"complete": false`. judge_cache: a folder where the judge is kept between calls
+    (the same weights as training it again).
     """
     start = time.perf_counter()
     demo = demo or GenerationDemoConfig()
@@ -141,7 +143,7 @@ def run_generation_demo(
     t = lap("latents", t)
 
     # 2. the judge, trained on real scenes; the same judge for every tokenizer and seed
-    probe = train_attribute_probe(size, steps=demo.judge_steps, seed=demo.judge_seed, progress=progress)
+    probe = cached_attribute_probe(judge_cache, size, demo.judge_steps, demo.judge_seed, progress=progress)
     t = lap("judge", t)
 
     # 3. real images (reference and judged sets) and their reconstructions

@@ -146,7 +146,7 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
         from openvtp.eval.embedded import reconstruction_psnr, stack_scenes
 
         heldout = stack_scenes(CaptionedScenes("heldout", size=model.config.image_size, length=cfg.eval.images,
-                                               seed=cfg.train.seed), cfg.eval.images)["images"]
+                                               seed=cfg.eval.seed), cfg.eval.images)["images"]
         model.eval()
         before = reconstruction_psnr(model, heldout)
 
@@ -211,7 +211,7 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
             after = reconstruction_psnr(model, heldout)
             summary["heldout"] = {"images": len(heldout), "psnr_stage1": before["psnr"], "psnr": after["psnr"],
                                   "psnr_patch_mean_baseline": after["psnr_patch_mean_baseline"]}
-            image_grid(*embedded_recon_examples(model, 16, seed=cfg.train.seed), out / "reconstructions.png", nrow=4)
+            image_grid(*embedded_recon_examples(model, 16, seed=cfg.eval.seed), out / "reconstructions.png", nrow=4)
             summary["reconstructions"] = str(out / "reconstructions.png")
         logger.write_summary(summary)
     dist.barrier()

@@ -86,7 +86,7 @@ class RunLogger:
             return {}
         from openvtp.eval.embedded import embedded_eval
 
-        res = embedded_eval(model, n_images=cfg.eval.images, seed=cfg.train.seed)
+        res = embedded_eval(model, n_images=cfg.eval.images, seed=cfg.eval.seed, zero_shot=cfg.clip.weight > 0)
         for k, v in res.items():
             self.tb.add_scalar(f"eval/{k}", v, step)
         self.bar.write(f"eval @ {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if k != "images"))
@@ -141,8 +141,9 @@ class RunLogger:
             from openvtp.eval.embedded import embedded_eval, embedded_recon_examples
             from openvtp.eval.plots import image_grid
 
-            summary["heldout"] = embedded_eval(model, n_images=cfg.eval.images, seed=cfg.train.seed)
-            orig, rec = embedded_recon_examples(model, 16, seed=cfg.train.seed)
+            summary["heldout"] = embedded_eval(model, n_images=cfg.eval.images, seed=cfg.eval.seed,
+                                               zero_shot=cfg.clip.weight > 0)
+            orig, rec = embedded_recon_examples(model, 16, seed=cfg.eval.seed)
             image_grid(orig, rec, self.out / "reconstructions.png", nrow=4)
             summary["reconstructions"] = str(self.out / "reconstructions.png")
             for k, v in summary["heldout"].items():

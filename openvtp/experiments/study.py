@@ -1,0 +1,278 @@
+"""`openvtp study`: VTP's central claim at small scale. Does semantic pre-training make latents better
+for generation than reconstruction alone, and does that hold as more compute goes into the tokenizer?
+
+A study is a grid of cells (variant, tokenizer steps, seed). Every cell is one `openvtp demo` run
+(the same machinery, `experiments.demo`) with the variant's lambdas: pre-training on the embedded
+data, decoder fine-tuning with the same steps for every variant (so each has a decoder of comparable
+quality), the same DiT with the same steps, batch and seed on its latents, judged by the same judge
+against the same real images. A cell lands in `DIR/cells/<variant>-<steps>-s<seed>/cell.json` when
+it completes; a rerun skips completed cells and redoes an unfinished one, and a larger grid adds
+cells. `DIR/study.json`, `study.md` and `study.png` are rewritten after every cell.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from openvtp.errors import OpenVTPError
+from openvtp.train.checkpoint import write_json_atomic
+
+from .demo import plan_demo, run_demo, split_overrides
+
+log = logging.getLogger("openvtp.study")
+
+# the paper's four tokenizers are two lambdas of the same recipe (the `demo` preset's weights where on)
+VARIANTS = {"ae": ("clip.weight=0", "ssl.weight=0"), "ae-clip": ("ssl.weight=0",), "ae-ssl": ("clip.weight=0",),
+            "vtp": ()}
+SET_PER_CELL = ("train.steps", "train.seed", "clip.weight", "ssl.weight", "train.out_dir")
+SETTINGS = "settings.json"
+BULKY = ("checkpoints", "decoder/checkpoints", "generation/dit/checkpoints", "generation/latents")
+
+# the figures a cell reports, by group: (key in cell.json, short name for tables, meaning, higher is better)
+METRICS = {
+    "generation": [
+        ("frechet_generated", "Frechet", "Frechet distance of generated to real images, judge features", False),
+        ("frechet_gap", "Frechet gap", "the same minus that of reconstructions of real images (takes the decoder out)",
+         False),
+        ("shape_acc_generated", "shape %", "judge accuracy on the requested shape, generated images", True),
+        ("shape_acc_gap", "shape gap", "the same minus that on reconstructions (points)", True),
+        ("colour_acc_generated", "colour %", "judge accuracy on the requested colour, generated images", True),
+    ],
+    "understanding": [
+        ("zeroshot_shape", "zero-shot shape %", "zero-shot shape, held-out unseen pairs (CLIP variants)", True),
+        ("probe_shape_latent", "probe shape (latent) %",
+         "linear probe on the flattened latent, trained on seen pairs, tested on unseen ones", True),
+        ("probe_colour_latent", "probe colour (latent) %", "the same for colour", True),
+        ("knn_shape", "kNN shape %", "k = 20 nearest train scenes by last-block CLS, unseen pairs", True),
+    ],
+    "reconstruction": [
+        ("psnr", "PSNR dB", "held-out PSNR after decoder fine-tuning", True),
+        ("psnr_stage1", "PSNR stage 1 dB", "the same after pre-training alone", True),
+        ("psnr_patch_mean_baseline", "baseline dB", "per-patch mean-colour baseline", True),
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    variant: str
+    steps: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}-{self.steps}-s{self.seed}"
+
+
+def study_cells(variants: Sequence[str], steps: Sequence[int], seeds: Sequence[int]) -> list[Cell]:
+    """Seed-major order, so a study cut short holds every variant and compute at its first seeds."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise OpenVTPError(f"--variants: unknown '{unknown[0]}' (choose from {', '.join(VARIANTS)})")
+    if any(s <= 0 for s in steps):
+        raise OpenVTPError(f"--tokenizer-steps must be positive, got {','.join(map(str, steps))}")
+    return [Cell(v, n, s) for s in seeds for n in steps for v in variants]
+
+
+def cell_overrides(cell: Cell, overrides: Sequence[str]) -> list[str]:
+    """The demo overrides of a cell: the study's shared ones, then the cell's variant, steps and seed."""
+    return [*overrides, *VARIANTS[cell.variant], f"train.steps={cell.steps}", f"train.seed={cell.seed}"]
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    split_overrides(overrides)  # the prefixes are the demo's
+    for item in overrides:
+        if item.split("=", 1)[0] in SET_PER_CELL:
+            raise OpenVTPError(f"'{item}': the study sets {item.split('=', 1)[0]} per cell "
+                               "(use --variants, --tokenizer-steps, --seeds)")
+
+
+def _check_settings(out: Path, overrides: Sequence[str]) -> None:
+    """A study folder holds cells of one set of shared settings; a rerun must not mix in others."""
+    path = out / SETTINGS
+    mine = {"overrides": list(overrides)}
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        if theirs != mine:
+            raise OpenVTPError(f"{out} holds a study run with other settings ({' '.join(theirs['overrides']) or 'none'}"
+                               f"; now: {' '.join(overrides) or 'none'}): pass the same overrides or another --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(mine, path)
+
+
+def _cell_result(cell: Cell, summary: dict, flops_per_step: int) -> dict:
+    held, gen = summary.get("heldout", {}), summary["generation"]
+    fig, gap = gen["figures"], gen["gap_to_reconstructed"]
+    pct = lambda v: None if v is None else round(100 * v, 2)  # noqa: E731
+    return {
+        "cell": cell.name, "variant": cell.variant, "tokenizer_steps": cell.steps, "seed": cell.seed,
+        "complete": summary["complete"], **({"stopped": summary["stopped"]} if "stopped" in summary else {}),
+        "tokenizer_flops": flops_per_step * cell.steps, "tokenizer_flops_per_step": flops_per_step,
+        "objectives": summary.get("objectives", {}),
+        "generation": {
+            "frechet_generated": fig["generated"]["frechet_probe"], "frechet_reconstructed":
+                fig["reconstructed"]["frechet_probe"], "frechet_real": fig["real"]["frechet_probe"],
+            "frechet_gap": gap["frechet_probe"],
+            "shape_acc_generated": pct(fig["generated"]["shape_acc"]),
+            "shape_acc_reconstructed": pct(fig["reconstructed"]["shape_acc"]),
+            "shape_acc_gap": pct(gap["shape_acc"]),
+            "colour_acc_generated": pct(fig["generated"]["colour_acc"]),
+            "colour_acc_gap": pct(gap["colour_acc"]),
+            "dit_steps": gen["dit_steps"], "samples": gen["samples"],
+        },
+        "understanding": {k: held.get(k) for k in ("zeroshot_shape", "zeroshot_colour", "knn_shape",
+                                                   "probe_shape_latent", "probe_colour_latent", "probe_shape_cls",
+                                                   "probe_colour_cls")},
+        "reconstruction": {"psnr": held.get("psnr_decoder_finetuned"), "psnr_stage1": held.get("psnr"),
+                           "psnr_patch_mean_baseline": held.get("psnr_patch_mean_baseline")},
+        "timing": summary["timing"],
+    }
+
+
+def run_cell(out: Path, cell: Cell, overrides: Sequence[str], flops: dict[str, int], progress: bool = True) -> dict:
+    """Run one cell (an unfinished folder of it is started again); returns and writes its cell.json."""
+    from openvtp.train.flops import pretrain_step_flops
+
+    folder = out / "cells" / cell.name
+    if folder.exists():
+        shutil.rmtree(folder)
+    plan = plan_demo(folder, cell_overrides(cell, overrides))
+    if not plan.generation.enabled:
+        raise OpenVTPError("generation.enabled=false: a study measures generation")
+    start = time.perf_counter()
+    summary = run_demo(plan, progress=progress, judge_cache=out / "judge")
+    if cell.variant not in flops:
+        flops[cell.variant] = pretrain_step_flops(plan.pretrain)
+    result = _cell_result(cell, summary, flops[cell.variant])
+    result["timing"]["cell_s"] = round(time.perf_counter() - start, 1)
+    for bulky in BULKY:  # the exported tokenizers, samples, grids and summaries stay
+        shutil.rmtree(folder / bulky, ignore_errors=True)
+    write_json_atomic(result, folder / "cell.json")
+    return result
+
+
+def read_cells(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/cell.json"))]
+
+
+def aggregate(cells: list[dict]) -> list[dict]:
+    """Per (variant, tokenizer steps): mean, sample std and n over seeds of every metric."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["variant"], c["tokenizer_steps"]), []).append(c)
+    rows = []
+    for (variant, steps), members in sorted(groups.items(), key=lambda kv: (list(VARIANTS).index(kv[0][0]),
+                                                                           kv[0][1])):
+        row = {"variant": variant, "tokenizer_steps": steps, "seeds": sorted(c["seed"] for c in members),
+               "tokenizer_flops": members[0]["tokenizer_flops"], "complete": all(c["complete"] for c in members)}
+        for group, metrics in METRICS.items():
+            for key, *_ in metrics:
+                values = [c[group][key] for c in members if c[group].get(key) is not None]
+                row[key] = _mean_std(values)
+        rows.append(row)
+    return rows
+
+
+def _mean_std(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return {"mean": round(mean, 4), "std": None if std is None else round(std, 4), "n": len(values)}
+
+
+def _fmt(stat: dict | None) -> str:
+    if stat is None:
+        return "-"
+    return f"{stat['mean']:.2f}" if stat["std"] is None else f"{stat['mean']:.2f} +- {stat['std']:.2f}"
+
+
+def markdown(rows: list[dict], cells: list[dict]) -> str:
+    lines = ["# openvtp study", "",
+             "Mean +- sample std over seeds (n: seeds; one seed: no spread). Tokenizer compute: FLOPs of a pre-training step counted by "
+             "torch (forward + backward), times steps.", ""]
+    for group, metrics in METRICS.items():
+        lines += [f"## {group}", "", "| variant | steps | TFLOPs | n | " + " | ".join(m[1] for m in metrics) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(metrics)]
+        for r in rows:
+            cells_txt = [_fmt(r[k]) for k, *_ in metrics]
+            lines.append(f"| {r['variant']} | {r['tokenizer_steps']} | {r['tokenizer_flops'] / 1e12:.1f} | "
+                         f"{len(r['seeds'])} | " + " | ".join(cells_txt) + " |")
+        lines += [""] + [f"- {short}: {meaning} ({'higher' if better else 'lower'} is better)"
+                         for _, short, meaning, better in metrics] + [""]
+    incomplete = [c["cell"] for c in cells if not c["complete"]]
+    if incomplete:
+        lines.append(f"**Incomplete cells (a safety net fired; their figures are not results):** {', '.join(incomplete)}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """The paper's figure at this scale: each panel a metric against tokenizer FLOPs, a line per variant
+    with the spread over seeds as error bars; generation on top, understanding and reconstruction below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ["frechet_generated", "frechet_gap", "shape_acc_generated", "probe_shape_latent", "zeroshot_shape",
+              "psnr"]
+    meaning = {key: (short, better) for metrics in METRICS.values() for key, short, _, better in metrics}
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    for ax, key in zip(axes.flat, panels):
+        for variant in VARIANTS:
+            pts = [r for r in rows if r["variant"] == variant and r[key] is not None]
+            if pts:
+                ax.errorbar([r["tokenizer_flops"] for r in pts], [r[key]["mean"] for r in pts],
+                            yerr=[r[key]["std"] or 0.0 for r in pts], marker="o", capsize=3, label=variant)
+        short, better = meaning[key]
+        ax.set_title(f"{short} ({'higher' if better else 'lower'} is better)", fontsize=10)
+        ax.set_xscale("log")
+        ax.set_xlabel("tokenizer pre-training FLOPs")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=9)
+    fig.suptitle("openvtp study: generation (top), understanding and reconstruction (bottom) vs tokenizer compute")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_outputs(out: Path) -> dict:
+    from openvtp.eval.report import write_atomic
+
+    cells = read_cells(out)
+    rows = aggregate(cells)
+    payload = {"settings": json.loads((out / SETTINGS).read_text()), "cells": cells, "aggregate": rows}
+    write_json_atomic(payload, out / "study.json")
+    write_atomic(out / "study.md", markdown(rows, cells))
+    plot(rows, out / "study.png")
+    return payload
+
+
+def run_study(out: str | Path, variants: Sequence[str], steps: Sequence[int], seeds: Sequence[int],
+              overrides: Sequence[str] = (), progress: bool = True) -> dict:
+    """Run every cell of the grid not already in `out`; returns study.json's content."""
+    out = Path(out)
+    cells = study_cells(variants, steps, seeds)
+    check_overrides(overrides)
+    for cell in cells:  # every cell's configs are valid before any work
+        plan_demo(out / "cells" / cell.name, cell_overrides(cell, overrides))
+    _check_settings(out, overrides)
+    done = {c["cell"] for c in read_cells(out)}
+    todo = [c for c in cells if c.name not in done]
+    flops = {c["variant"]: c["tokenizer_flops_per_step"] for c in read_cells(out)}
+    log.info("study: %d cells, %d already done, %d to run -> %s", len(cells), len(cells) - len(todo), len(todo), out)
+    for i, cell in enumerate(todo):
+        log.info("study: cell %s (%d of %d to run; %d of %d cells done)", cell.name, i + 1, len(todo),
+                 len(cells) - len(todo) + i, len(cells))
+        run_cell(out, cell, overrides, flops, progress)
+        write_outputs(out)
+    return write_outputs(out)

@@ -1,0 +1,86 @@
+"""`openvtp study`: cells are demo runs, a killed study resumes without redoing finished cells, outputs, errors."""
+import json
+import signal
+import time
+
+import pytest
+
+from openvtp.errors import OpenVTPError
+from openvtp.experiments.study import aggregate, cell_overrides, check_overrides, markdown, study_cells
+
+from .test_cli_demo import GENERATION, STAGE2
+from .test_train import TINY, _cli
+
+STUDY = ["--variants", "ae,vtp", "--tokenizer-steps", "2,3", "--seeds", "0", *TINY, "eval.images=8", *STAGE2,
+         *GENERATION]
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_redoing_its_finished_cells(tmp_path):
+    out = tmp_path / "study"
+    first = out / "cells" / "ae-2-s0" / "cell.json"
+    killed = _cli("study", "--out", str(out), *STUDY)
+    while not first.exists():
+        assert killed.poll() is None, killed.communicate()[1][-3000:]
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    before = first.read_text(), first.stat().st_mtime_ns
+
+    proc = _cli("study", "--out", str(out), *STUDY)
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "4 cells, 1 already done, 3 to run" in stderr
+    assert (first.read_text(), first.stat().st_mtime_ns) == before
+
+    study = json.loads((out / "study.json").read_text())
+    assert sorted(c["cell"] for c in study["cells"]) == ["ae-2-s0", "ae-3-s0", "vtp-2-s0", "vtp-3-s0"]
+    assert (out / "study.md").read_text() in stdout and (out / "study.png").stat().st_size > 10_000
+    cells = {c["cell"]: c for c in study["cells"]}
+    ae, vtp = cells["ae-3-s0"], cells["vtp-3-s0"]
+    assert ae["objectives"] == {"rec": 3.0} and set(vtp["objectives"]) == {"clip", "ssl", "rec"}
+    # compute: counted per step, the same for both step counts of a variant, more for VTP's extra branches
+    assert ae["tokenizer_flops"] == 3 * ae["tokenizer_flops_per_step"] == 1.5 * cells["ae-2-s0"]["tokenizer_flops"]
+    assert vtp["tokenizer_flops_per_step"] > ae["tokenizer_flops_per_step"] > 0
+    assert ae["understanding"]["zeroshot_shape"] is None and vtp["understanding"]["zeroshot_shape"] is not None
+    for c in study["cells"]:
+        assert c["complete"] and c["generation"]["dit_steps"] == 12 and c["reconstruction"]["psnr"] > 0
+        assert not (out / "cells" / c["cell"] / "checkpoints").exists()  # bulky intermediates are removed
+        assert (out / "cells" / c["cell"] / "decoder" / "tokenizer" / "config.json").is_file()
+    # one judge for every cell, trained once
+    assert len(list((out / "judge").glob("*.safetensors"))) == 1
+
+
+def test_cells_and_their_overrides():
+    cells = study_cells(["ae", "vtp"], [250, 1000], [0, 1])
+    assert [c.name for c in cells[:4]] == ["ae-250-s0", "vtp-250-s0", "ae-1000-s0", "vtp-1000-s0"]
+    assert cell_overrides(cells[0], ["dit.train.steps=9"]) == ["dit.train.steps=9", "clip.weight=0", "ssl.weight=0",
+                                                               "train.steps=250", "train.seed=0"]
+    with pytest.raises(OpenVTPError, match="unknown 'dino'"):
+        study_cells(["dino"], [1], [0])
+    with pytest.raises(OpenVTPError, match="the study sets train.steps per cell"):
+        check_overrides(["train.steps=5"])
+
+
+def test_aggregate_reports_mean_and_sample_std_over_seeds():
+    def cell(seed, frechet):
+        return {"cell": f"vtp-10-s{seed}", "variant": "vtp", "tokenizer_steps": 10, "seed": seed, "complete": True,
+                "tokenizer_flops": 7e12, "generation": {"frechet_generated": frechet}, "understanding": {},
+                "reconstruction": {}}
+
+    rows = aggregate([cell(0, 10.0), cell(1, 14.0), cell(2, 12.0)])
+    assert len(rows) == 1 and rows[0]["seeds"] == [0, 1, 2]
+    assert rows[0]["frechet_generated"] == {"mean": 12.0, "std": 2.0, "n": 3}
+    assert rows[0]["psnr"] is None
+    assert "| vtp | 10 | 7.0 | 3 | 12.00 +- 2.00 |" in markdown(rows, [])
+    one = aggregate([cell(0, 10.0)])
+    assert one[0]["frechet_generated"]["std"] is None and "| vtp | 10 | 7.0 | 1 | 10.00 |" in markdown(one, [])
+
+
+def test_a_study_folder_keeps_one_set_of_settings(tmp_path, capsys):
+    from openvtp.experiments.study import _check_settings
+
+    _check_settings(tmp_path, ["dit.train.steps=9"])
+    _check_settings(tmp_path, ["dit.train.steps=9"])
+    with pytest.raises(OpenVTPError, match="other settings"):
+        _check_settings(tmp_path, ["dit.train.steps=10"])
