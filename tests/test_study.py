@@ -8,7 +8,7 @@ import pytest
 from openvtp.errors import OpenVTPError
 from openvtp.experiments.study import aggregate, cell_overrides, check_overrides, markdown, study_cells
 
-from .test_cli_demo import GENERATION, STAGE2
+from .test_cli_demo import GENERATION, STAGE2, _figures
 from .test_train import TINY, _cli
 
 STUDY = ["--variants", "ae,vtp", "--tokenizer-steps", "2,3", "--seeds", "0", *TINY, "eval.images=8", *STAGE2,
@@ -18,20 +18,27 @@ STUDY = ["--variants", "ae,vtp", "--tokenizer-steps", "2,3", "--seeds", "0", *TI
 @pytest.mark.slow
 def test_a_killed_study_resumes_without_redoing_its_finished_cells(tmp_path):
     out = tmp_path / "study"
-    first = out / "cells" / "ae-2-s0" / "cell.json"
-    killed = _cli("study", "--out", str(out), *STUDY)
-    while not first.exists():
+    first, second = (out / "cells" / name / "cell.json" for name in ("ae-2-s0", "vtp-2-s0"))
+    killed = _cli("study", "--out", str(out), "--jobs", "1", *STUDY)  # cells one after the other, in one process
+    while not second.exists():
         assert killed.poll() is None, killed.communicate()[1][-3000:]
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     before = first.read_text(), first.stat().st_mtime_ns
 
-    proc = _cli("study", "--out", str(out), *STUDY)
+    proc = _cli("study", "--out", str(out), "--jobs", "2", *STUDY)  # the rest side by side, a process each
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
-    assert "4 cells, 1 already done, 3 to run" in stderr
+    assert "4 cells, 2 already done, 2 to run" in stderr
     assert (first.read_text(), first.stat().st_mtime_ns) == before
+
+    # a cell is the demo run with its overrides: the same figures as `openvtp demo` alone, though the
+    # study ran it in a process that had run another cell before
+    demo = tmp_path / "demo"
+    alone = _cli("demo", "--out", str(demo), *STUDY[6:], "train.steps=2", "train.seed=0")
+    assert alone.wait(timeout=600) == 0, alone.stderr.read()[-3000:]
+    assert _figures(demo) == _figures(out / "cells" / "vtp-2-s0")
 
     study = json.loads((out / "study.json").read_text())
     assert sorted(c["cell"] for c in study["cells"]) == ["ae-2-s0", "ae-3-s0", "vtp-2-s0", "vtp-3-s0"]

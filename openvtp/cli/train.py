@@ -8,7 +8,7 @@ from pathlib import Path
 from openvtp.errors import OpenVTPError
 
 # the default study (README, "Does it work?"): chosen once for a fair comparison within 90 min on 2 cores
-STUDY_DEFAULTS = {"variants": "ae,vtp", "steps": "250,1000", "seeds": "0,1,2"}
+STUDY_DEFAULTS = {"variants": "ae,vtp", "steps": "250,1000", "seeds": "0,1,2", "jobs": 2}
 
 
 def cmd_pretrain(args) -> None:
@@ -63,7 +63,7 @@ def cmd_study(args) -> None:
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     result = run_study(args.out, variants, _int_list(args.tokenizer_steps, "--tokenizer-steps"),
-                       _int_list(args.seeds, "--seeds"), args.overrides)
+                       _int_list(args.seeds, "--seeds"), args.overrides, jobs=args.jobs)
     incomplete = [c["cell"] for c in result["cells"] if not c["complete"]]
     print(f"\nopenvtp study: {len(result['cells'])} cells -> {args.out}/study.json, study.md, study.png")
     print(Path(args.out, "study.md").read_text())
@@ -106,6 +106,9 @@ def register(sub) -> None:
     p.add_argument("--tokenizer-steps", default=STUDY_DEFAULTS["steps"],
                    help="pre-training steps of each tokenizer (default: %(default)s)")
     p.add_argument("--seeds", default=STUDY_DEFAULTS["seeds"], help="(default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=STUDY_DEFAULTS["jobs"],
+                   help="cells run side by side, one process and one thread each; the figures do not depend on it "
+                        "(default: %(default)s)")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE, decoder.KEY=VALUE, dit.KEY=VALUE, generation.KEY=VALUE")
     p.set_defaults(func=cmd_study)
 

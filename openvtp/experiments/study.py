@@ -15,6 +15,9 @@ import json
 import logging
 import math
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +147,6 @@ def run_cell(out: Path, cell: Cell, overrides: Sequence[str], flops: dict[str, i
     if folder.exists():
         shutil.rmtree(folder)
     plan = plan_demo(folder, cell_overrides(cell, overrides))
-    if not plan.generation.enabled:
-        raise OpenVTPError("generation.enabled=false: a study measures generation")
     start = time.perf_counter()
     summary = run_demo(plan, progress=progress, judge_cache=out / "judge")
     if cell.variant not in flops:
@@ -258,21 +259,99 @@ def write_outputs(out: Path) -> dict:
 
 
 def run_study(out: str | Path, variants: Sequence[str], steps: Sequence[int], seeds: Sequence[int],
-              overrides: Sequence[str] = (), progress: bool = True) -> dict:
-    """Run every cell of the grid not already in `out`; returns study.json's content."""
+              overrides: Sequence[str] = (), jobs: int = 1, progress: bool = True) -> dict:
+    """Run every cell of the grid not already in `out`; returns study.json's content.
+
+    jobs > 1 runs that many cells at once, each in its own process (one thread each, as the demo):
+    the figures are the same, only the wall time changes.
+    """
     out = Path(out)
     cells = study_cells(variants, steps, seeds)
     check_overrides(overrides)
-    for cell in cells:  # every cell's configs are valid before any work
-        plan_demo(out / "cells" / cell.name, cell_overrides(cell, overrides))
+    if jobs < 1:
+        raise OpenVTPError(f"--jobs must be >= 1, got {jobs}")
+    plans = {cell: plan_demo(out / "cells" / cell.name, cell_overrides(cell, overrides)) for cell in cells}
+    if any(not plan.generation.enabled for plan in plans.values()):
+        raise OpenVTPError("generation.enabled=false: a study measures generation")
     _check_settings(out, overrides)
-    done = {c["cell"] for c in read_cells(out)}
+    finished = read_cells(out)
+    done = {c["cell"] for c in finished}
     todo = [c for c in cells if c.name not in done]
-    flops = {c["variant"]: c["tokenizer_flops_per_step"] for c in read_cells(out)}
     log.info("study: %d cells, %d already done, %d to run -> %s", len(cells), len(cells) - len(todo), len(todo), out)
-    for i, cell in enumerate(todo):
+    flops = {c["variant"]: c["tokenizer_flops_per_step"] for c in finished}
+    if jobs > 1 and todo:  # what the cells share, once, before they start side by side
+        from openvtp.generation.attribute_probe import cached_attribute_probe
+        from openvtp.train.flops import pretrain_step_flops
+
+        for cell in todo:
+            if cell.variant not in flops:
+                flops[cell.variant] = pretrain_step_flops(plans[cell].pretrain)
+        g, size = plans[todo[0]].generation, plans[todo[0]].pretrain.model.image_size
+        cached_attribute_probe(out / "judge", size, g.judge_steps, g.judge_seed, progress=progress)
+        _run_in_processes(out, todo, overrides, flops, jobs, len(cells) - len(todo), len(cells))
+    for i, cell in enumerate(todo if jobs == 1 else []):
         log.info("study: cell %s (%d of %d to run; %d of %d cells done)", cell.name, i + 1, len(todo),
                  len(cells) - len(todo) + i, len(cells))
         run_cell(out, cell, overrides, flops, progress)
         write_outputs(out)
     return write_outputs(out)
+
+
+def _run_in_processes(out: Path, todo: list[Cell], overrides: Sequence[str], flops: dict[str, int], jobs: int,
+                      done: int, total: int) -> None:
+    """Keep `jobs` cell processes running; each logs to `out/logs/<cell>.log` and dies with this one."""
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    queue, running = list(todo), {}
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                cell = queue.pop(0)
+                cmd = [sys.executable, "-m", "openvtp.experiments.study", str(out), cell.variant, str(cell.steps),
+                       str(cell.seed), str(flops[cell.variant]), *overrides]
+                with open(logs / f"{cell.name}.log", "w") as f:
+                    running[cell] = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                                     preexec_fn=_die_with_parent)
+                log.info("study: cell %s started (%d running, %d queued; %d of %d cells done) log: %s", cell.name,
+                         len(running), len(queue), done, total, logs / f"{cell.name}.log")
+            time.sleep(1.0)
+            for cell, proc in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[cell]
+                if proc.returncode != 0:
+                    tail = (logs / f"{cell.name}.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
+                    raise OpenVTPError(f"cell {cell.name} failed (exit {proc.returncode}): {tail[0]} "
+                                       f"(whole log: {logs / f'{cell.name}.log'})")
+                done += 1
+                log.info("study: cell %s finished (%d of %d cells done)", cell.name, done, total)
+                write_outputs(out)
+    finally:
+        for proc in running.values():
+            proc.kill()
+
+
+def _die_with_parent() -> None:
+    """Linux: a cell process is killed when the study process dies, so no orphan writes into a cell a rerun redoes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _cell_process(argv: Sequence[str]) -> None:
+    """`python -m openvtp.experiments.study OUT VARIANT STEPS SEED FLOPS_PER_STEP [overrides]`: one cell."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out, variant, steps, seed, flops, *overrides = argv
+    cell = Cell(variant, int(steps), int(seed))
+    try:
+        run_cell(Path(out), cell, overrides, {variant: int(flops)}, progress=False)
+    except OpenVTPError as e:
+        print(f"error: {e}")
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    _cell_process(sys.argv[1:])
