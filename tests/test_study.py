@@ -18,7 +18,7 @@ STUDY = ["--variants", "ae,vtp", "--tokenizer-steps", "2,3", "--seeds", "0", *TI
 @pytest.mark.slow
 def test_a_killed_study_resumes_without_redoing_its_finished_cells(tmp_path):
     out = tmp_path / "study"
-    first, second = (out / "cells" / name / "cell.json" for name in ("ae-2-s0", "vtp-2-s0"))
+    first, second = (out / "cells" / name / "cell.json" for name in ("vtp-3-s0", "ae-3-s0"))
     killed = _cli("study", "--out", str(out), "--jobs", "1", *STUDY)  # cells one after the other, in one process
     while not second.exists():
         assert killed.poll() is None, killed.communicate()[1][-3000:]
@@ -36,9 +36,10 @@ def test_a_killed_study_resumes_without_redoing_its_finished_cells(tmp_path):
     # a cell is the demo run with its overrides: the same figures as `openvtp demo` alone, though the
     # study ran it in a process that had run another cell before
     demo = tmp_path / "demo"
-    alone = _cli("demo", "--out", str(demo), *STUDY[6:], "train.steps=2", "train.seed=0")
+    alone = _cli("demo", "--out", str(demo), *STUDY[6:], "clip.weight=0", "ssl.weight=0", "train.steps=3",
+                 "train.seed=0")
     assert alone.wait(timeout=600) == 0, alone.stderr.read()[-3000:]
-    assert _figures(demo) == _figures(out / "cells" / "vtp-2-s0")
+    assert _figures(demo) == _figures(out / "cells" / "ae-3-s0")
 
     study = json.loads((out / "study.json").read_text())
     assert sorted(c["cell"] for c in study["cells"]) == ["ae-2-s0", "ae-3-s0", "vtp-2-s0", "vtp-3-s0"]
@@ -60,8 +61,8 @@ def test_a_killed_study_resumes_without_redoing_its_finished_cells(tmp_path):
 
 def test_cells_and_their_overrides():
     cells = study_cells(["ae", "vtp"], [250, 1000], [0, 1])
-    assert [c.name for c in cells[:4]] == ["ae-250-s0", "vtp-250-s0", "ae-1000-s0", "vtp-1000-s0"]
-    assert cell_overrides(cells[0], ["dit.train.steps=9"]) == ["dit.train.steps=9", "clip.weight=0", "ssl.weight=0",
+    assert [c.name for c in cells[:5]] == ["vtp-1000-s0", "ae-1000-s0", "vtp-250-s0", "ae-250-s0", "vtp-1000-s1"]
+    assert cell_overrides(cells[3], ["dit.train.steps=9"]) == ["dit.train.steps=9", "clip.weight=0", "ssl.weight=0",
                                                                "train.steps=250", "train.seed=0"]
     with pytest.raises(OpenVTPError, match="unknown 'dino'"):
         study_cells(["dino"], [1], [0])

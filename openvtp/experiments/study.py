@@ -74,13 +74,16 @@ class Cell:
 
 
 def study_cells(variants: Sequence[str], steps: Sequence[int], seeds: Sequence[int]) -> list[Cell]:
-    """Seed-major order, so a study cut short holds every variant and compute at its first seeds."""
+    """Seed-major order, so a study cut short holds every variant and compute at its first seeds; within a
+    seed the longest cells first (more steps, then more objectives), so parallel jobs end together."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise OpenVTPError(f"--variants: unknown '{unknown[0]}' (choose from {', '.join(VARIANTS)})")
     if any(s <= 0 for s in steps):
         raise OpenVTPError(f"--tokenizer-steps must be positive, got {','.join(map(str, steps))}")
-    return [Cell(v, n, s) for s in seeds for n in steps for v in variants]
+    order = list(VARIANTS)
+    return [Cell(v, n, s) for s in seeds for n in sorted(steps, reverse=True)
+            for v in sorted(variants, key=order.index, reverse=True)]
 
 
 def cell_overrides(cell: Cell, overrides: Sequence[str]) -> list[str]:
