@@ -34,9 +34,11 @@ def embedded_eval(model: VTPModel, n_images: int = 256, size: int | None = None,
     """Held-out figures of a tokenizer, on `n_images` scenes of the (shape, colour) pairs never seen in
     training, drawn with `seed`; `n_train` train scenes are the kNN bank and the probes' training set.
 
-    zeroshot_{shape,colour} (with a text tower, unless `zero_shot` is false: one never trained), knn_shape (last-block CLS), probe_{shape,colour}_{cls,latent}
-    (a linear classifier on the CLS or on the flattened latent a generator sees, trained on seen pairs,
-    tested on unseen ones: high only where the attribute is encoded apart from the other), psnr (with a
+    zeroshot_{shape,colour} (with a text tower, unless `zero_shot` is false: one never trained), knn_shape
+    (last-block CLS), probe_{shape,colour}_{cls,latent} (a linear classifier on the CLS or on the
+    flattened latent a generator sees, trained on seen pairs and tested on the unseen ones: high only
+    where the attribute is encoded apart from the other) and the same tested on `n_images` new scenes of
+    the seen pairs (`..._seen`: how much of the attribute the features carry at all), psnr (with a
     decoder) next to the per-patch mean-colour baseline. Accuracies in percent.
     """
     was_training = model.training
@@ -44,19 +46,22 @@ def embedded_eval(model: VTPModel, n_images: int = 256, size: int | None = None,
     size = size or model.config.image_size
     held = stack_scenes(CaptionedScenes("heldout", size=size, length=n_images, seed=seed), n_images)
     bank = stack_scenes(CaptionedScenes("train", size=size, length=n_train, seed=seed + 1), n_train)
+    seen = stack_scenes(CaptionedScenes("train", size=size, length=n_images, seed=seed + 2), n_images)
     out: dict[str, float] = {"images": float(len(held["images"]))}
     with torch.inference_mode():
         if zero_shot and model.config.train_clip:
             out.update(_zero_shot(model, held, batch))
-        feats = {split: _features(model, data["images"], batch) for split, data in (("held", held), ("bank", bank))}
+        feats = {split: _features(model, data["images"], batch)
+                 for split, data in (("held", held), ("bank", bank), ("seen", seen))}
         out["knn_shape"] = knn_classify(F.normalize(feats["bank"]["cls"], dim=-1), bank["shape"],
                                         F.normalize(feats["held"]["cls"], dim=-1), held["shape"], k=20,
                                         num_classes=len(SHAPES))["top1"]
     for attr, n_cls in (("shape", len(SHAPES)), ("colour", len(COLOURS))):
-        for name in feats["held"]:
-            out[f"probe_{attr}_{name}"] = linear_probe_simple(
-                feats["bank"][name], bank[attr], feats["held"][name], held[attr], num_classes=n_cls,
-                epochs=PROBE_EPOCHS, batch_size=PROBE_BATCH, lr=PROBE_LR, device="cpu", seed=seed)["top1"]
+        for name in feats["bank"]:
+            for test, data, suffix in (("held", held, ""), ("seen", seen, "_seen")):
+                out[f"probe_{attr}_{name}{suffix}"] = linear_probe_simple(
+                    feats["bank"][name], bank[attr], feats[test][name], data[attr], num_classes=n_cls,
+                    epochs=PROBE_EPOCHS, batch_size=PROBE_BATCH, lr=PROBE_LR, device="cpu", seed=seed)["top1"]
     if model.config.train_reconstruction:
         out.update(reconstruction_psnr(model, held["images"], batch))
     model.train(was_training)

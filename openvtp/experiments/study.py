@@ -49,9 +49,10 @@ METRICS = {
     ],
     "understanding": [
         ("zeroshot_shape", "zero-shot shape %", "zero-shot shape, held-out unseen pairs (CLIP variants)", True),
-        ("probe_shape_latent", "probe shape (latent) %",
-         "linear probe on the flattened latent, trained on seen pairs, tested on unseen ones", True),
-        ("probe_colour_latent", "probe colour (latent) %", "the same for colour", True),
+        ("probe_shape_latent_seen", "probe shape (latent) %",
+         "linear probe on the flattened latent the DiT sees, trained and tested on seen pairs", True),
+        ("probe_shape_latent", "same, unseen pairs %", "the same probe tested on the unseen pairs", True),
+        ("probe_shape_cls_seen", "probe shape (CLS) %", "linear probe on the last-block CLS, seen pairs", True),
         ("knn_shape", "kNN shape %", "k = 20 nearest train scenes by last-block CLS, unseen pairs", True),
     ],
     "reconstruction": [
@@ -133,9 +134,8 @@ def _cell_result(cell: Cell, summary: dict, flops_per_step: int) -> dict:
             "colour_acc_gap": pct(gap["colour_acc"]),
             "dit_steps": gen["dit_steps"], "samples": gen["samples"],
         },
-        "understanding": {k: held.get(k) for k in ("zeroshot_shape", "zeroshot_colour", "knn_shape",
-                                                   "probe_shape_latent", "probe_colour_latent", "probe_shape_cls",
-                                                   "probe_colour_cls")},
+        "understanding": {k: v for k, v in held.items() if k.startswith(("zeroshot_", "knn_", "probe_"))
+                          and not k.endswith("_chance")},
         "reconstruction": {"psnr": held.get("psnr_decoder_finetuned"), "psnr_stage1": held.get("psnr"),
                            "psnr_patch_mean_baseline": held.get("psnr_patch_mean_baseline")},
         "timing": summary["timing"],
@@ -225,7 +225,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = ["frechet_generated", "frechet_gap", "shape_acc_generated", "probe_shape_latent", "zeroshot_shape",
+    panels = ["frechet_generated", "frechet_gap", "shape_acc_generated", "probe_shape_latent_seen", "zeroshot_shape",
               "psnr"]
     meaning = {key: (short, better) for metrics in METRICS.values() for key, short, _, better in metrics}
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
