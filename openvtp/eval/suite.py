@@ -3,7 +3,9 @@
 Tasks: `zeroshot` (CLIP zero-shot top-1/5 per label set), `linprobe` (linear-simple on the last-layer CLS and on the
 pooled bottleneck latent; DINOv2's linear protocol), `knn` (k=20, cosine, exp(sim/T) votes), `retrieval`
 (recall@1/5/10 both ways) and `recon` (PSNR, SSIM, LPIPS, rFID, next to the flat-patch PSNR baseline).
-Every number comes with its protocol (data, split, images, resolution, preprocessing, features, templates, ...).
+Every number comes with its protocol (data, split, images, resolution, preprocessing, features, templates, ...),
+including which evaluation protocol produced it: openvtp's, or with `protocol="vtp"` the VTP repository's tools/
+scripts for zeroshot, linprobe and recon (`vtp_protocol.py`).
 A task a model cannot do, or data that cannot support it, is an entry with `skipped` and the reason.
 """
 from __future__ import annotations
