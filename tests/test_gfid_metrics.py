@@ -25,7 +25,8 @@ def _adm_is(logits: np.ndarray, split_size: int) -> float:
 def test_inception_score_uses_contiguous_chunks():
     gen = torch.Generator().manual_seed(0)
     # two halves of very different confidence: contiguous chunks keep them apart, a shuffle would mix them
-    logits = torch.cat([torch.randn(6, 10, generator=gen) * 5, torch.randn(6, 10, generator=gen) * 0.1]).double().numpy()
+    logits = torch.cat([torch.randn(6, 10, generator=gen) * 5, torch.randn(6, 10, generator=gen) * 0.1])
+    logits = logits.double().numpy()
     mean, std = inception_score(logits, split_size=6)
     assert mean == pytest.approx(_adm_is(logits, 6), rel=1e-12)
     assert std > 0.5  # the two chunks score very differently

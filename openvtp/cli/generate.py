@@ -207,12 +207,14 @@ def register(sub) -> None:
                    help="samples per listed class, one grid row per class (with no --labels: every class)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("gfid", help="FID, sFID, IS, precision/recall of DiT samples against ADM's reference batch or a folder")
+    p = sub.add_parser("gfid", help="FID, sFID, IS, precision/recall of DiT samples against ADM's reference batch "
+                                    "or a folder")
     _sampling_args(p)
     p.add_argument("--reference", default="", help="ADM reference batch / stats .npz, or an image folder")
     p.add_argument("--inception", default="", help="FID Inception weights: auto, a local file, or random (tests)")
     p.add_argument("--labels", default=None,
-                   help="class labels: balanced (exact counts) or random (uniform, as LightningDiT); default fid.labels")
+                   help="class labels: balanced (exact counts) or random (uniform, as LightningDiT); "
+                        "default: fid.labels")
     p.add_argument("--save-npz", default=None, help="also write the samples in ADM's .npz layout")
     p.add_argument("--out", default=None, help="write the result as JSON")
     p.set_defaults(func=cmd_gfid)

@@ -175,7 +175,8 @@ class Suite:
             lp, inc, fid_id, _ = self.metric_nets(lm.device)
             meta |= {"lpips": o.lpips if lp is not None else None, "lpips_net": self.lpips_net, "fid": fid_id}
         if mode == "vtp-recon":
-            compute = recon_compute(lm.model, lm.device, autocast(lm.device), lp, inc, lm.model.config.vision_patch_size)
+            patch = lm.model.config.vision_patch_size
+            compute = recon_compute(lm.model, lm.device, autocast(lm.device), lp, inc, patch)
         else:
             compute = pass_compute(lm, "features" in kinds, "recon" in kinds, lp, inc, amp=mode == "auto")
         return cached_pass(self.cache_root / lm.name, meta, es, size, method, o.crop_pct, compute, o.batch_size,
@@ -245,7 +246,8 @@ class Suite:
         plans, entries = self.plan(lm.model.config, data, tasks)
 
         # every pass first, on every rank (torchrun splits the chunks); then the tasks on rank 0
-        results = {key: self.run_pass(lm, data, es, key[1], kinds, key[2], key[3]) for key, (es, kinds) in plans.items()}
+        results = {key: self.run_pass(lm, data, es, key[1], kinds, key[2], key[3])
+                   for key, (es, kinds) in plans.items()}
         if not dist.is_main():
             return None
 
@@ -312,8 +314,8 @@ class Suite:
                         from .vtp_protocol import probe_crop_size
 
                         crop = probe_crop_size(self.opts.size or cfg.image_size, cfg.vision_patch_size)
-                        entries.append((task, f"linprobe/{k}/vtp", None, (k, "vtp", None, need("test", "probe", vtp=True,
-                                                                                             size=crop))))
+                        key = need("test", "probe", vtp=True, size=crop)
+                        entries.append((task, f"linprobe/{k}/vtp", None, (k, "vtp", None, key)))
                         continue
                     keys = (need("train", "probe"), need("test", "probe"))
                     if task == "knn":
@@ -435,7 +437,7 @@ class Suite:
 
     def task_linprobe_vtp(self, lm, data, results, labelset, test_key):
         from .linear_probe import dinov2_feature_variants
-        from .vtp_protocol import PROBE_BLOCKS, PROBE_CROP_PCT, PROBE_BATCH, linear_probe_vtp
+        from .vtp_protocol import PROBE_BATCH, PROBE_BLOCKS, PROBE_CROP_PCT, linear_probe_vtp
 
         fte, pte = results[test_key]
         if len(pte) == 0:
