@@ -73,6 +73,10 @@ def test_extract_train_sample_gfid(work, capsys, monkeypatch):
         def extract(self, batches, total=None):
             return super().extract(batches, total)[:, :64]
 
+        def extract_all(self, images):
+            out = super().extract_all(images)
+            return out | {"pool": out["pool"][:, :64], "spatial": out["spatial"][:, :64]}
+
     monkeypatch.setattr(gfid_module, "InceptionFeatures", FirstDims)
     ref = work / "ref"
     ref.mkdir()
@@ -87,8 +91,9 @@ def test_extract_train_sample_gfid(work, capsys, monkeypatch):
     assert rc == 0, err
     result = json.loads((work / "gfid.json").read_text())
     assert result["num_samples"] == 7 and np.isfinite(result["fid"]) and result["fid"] > 0
-    assert f"gFID-7 {result['fid']:.3f}, IS {result['inception_score']:.3f}" in out
+    assert f"gFID-7 {result['fid']:.3f}, sFID {result['sfid']:.3f}, IS {result['inception_score']:.3f}" in out
     assert result["inception_score"] > 1 - 1e-9 and 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+    assert result["sfid"] > 0 and result["labels"] == "balanced" and "balanced labels" in out
     assert np.load(work / "gfid.npz")["arr_0"].shape == (7, 64, 64, 3)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from openvtp.errors import OpenVTPError
 
 ALL_TASKS = "zeroshot,linprobe,knn,retrieval,recon"
+VTP_TASKS = "zeroshot,linprobe,recon"  # the tasks VTP's tools/ scripts have
 
 
 def _list(text: str | None) -> list[str]:
@@ -30,12 +31,14 @@ def cmd_eval(args) -> None:
     from openvtp.eval.suite import EvalOptions, evaluate
 
     opts = EvalOptions(
-        tasks=tuple(_list(args.tasks or ALL_TASKS)), explicit_tasks=args.tasks is not None, size=args.size,
+        tasks=tuple(_list(args.tasks or (VTP_TASKS if args.protocol == "vtp" else ALL_TASKS))),
+        protocol=args.protocol, explicit_tasks=args.tasks is not None, size=args.size,
         preprocess=_preprocess(args.preprocess),
         crop_pct=args.crop_pct, limit=args.limit, train_limit=args.train_limit, train_data=args.train_data,
         classnames=args.classnames, templates=args.templates, linprobe=tuple(_list(args.linprobe)),
-        probe_epochs=args.probe_epochs, probe_batch=args.probe_batch, knn_k=args.knn_k,
-        knn_temperature=args.knn_temperature, fid_weights=args.fid_weights, lpips=args.lpips,
+        probe_epochs=args.probe_epochs, probe_batch=args.probe_batch, probe_epoch_length=args.probe_epoch_length,
+        knn_k=args.knn_k,
+        knn_temperature=args.knn_temperature, fid_weights=args.fid_weights, lpips=args.lpips, lpips_net=args.lpips_net,
         batch_size=args.batch_size, workers=args.workers, chunk_size=args.chunk_size, grid=args.grid,
         device=args.device, progress=not args.no_progress, cache_dir=args.cache, seed=args.seed)
     invoked = sys.argv and sys.argv[0].endswith(("openvtp", "__main__.py"))  # not when main() is called in-process
@@ -136,6 +139,9 @@ def register(sub) -> None:
     p.add_argument("--tasks", default=None,
                    help=f"comma-separated subset of {ALL_TASKS}; default: all, skipping what a model or the data "
                         "cannot do (a task named here that no model can run is an error)")
+    p.add_argument("--protocol", default="openvtp", choices=("openvtp", "vtp"),
+                   help="openvtp (default) or vtp: VTP's tools/ scripts for zeroshot, linprobe and recon (default "
+                        f"tasks then {VTP_TASKS}; knn and retrieval, when asked, keep openvtp's protocol)")
     p.add_argument("--out", default="runs/eval", help="output folder: results.json, results.md, PNGs, feature cache")
     p.add_argument("--limit", type=int, default=None, help="at most N images per split (a fixed random subset)")
     p.add_argument("--train-limit", type=int, default=None, help="at most N images of the probe train split")
@@ -151,12 +157,18 @@ def register(sub) -> None:
     p.add_argument("--templates", default=None, help='file with one zero-shot template per line, "{}" for the name')
     p.add_argument("--linprobe", default="simple,dinov2", help="linear-probe protocols: simple, dinov2 or both")
     p.add_argument("--probe-epochs", type=int, default=10)
-    p.add_argument("--probe-batch", type=int, default=None, help="default 1024, or N/20 on sets under ~20k images")
+    p.add_argument("--probe-batch", type=int, default=None,
+                   help="default 1024, or N/20 on sets under ~20k images; --protocol vtp: 128")
+    p.add_argument("--probe-epoch-length", type=int, default=0,
+                   help="--protocol vtp: probe iterations per epoch (0: VTP's 1250, at most one pass over the train "
+                        "split)")
     p.add_argument("--knn-k", type=int, default=20)
     p.add_argument("--knn-temperature", type=float, default=0.07)
     p.add_argument("--fid-weights", default="auto",
                    help="FID Inception: auto (torch hub cache, fetched when online), PATH, none, random (tests only)")
     p.add_argument("--lpips", default="auto", help="LPIPS trunk: auto (cached or fetched), none, random (tests only)")
+    p.add_argument("--lpips-net", default=None, choices=("alex", "vgg"),
+                   help="LPIPS network (default: alex, or vgg with --protocol vtp as VTP's script)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="image-reading processes (default: CPUs - 1, max 8)")
     p.add_argument("--chunk-size", type=int, default=1024, help="images per feature-cache chunk (resume unit)")

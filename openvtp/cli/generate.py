@@ -108,6 +108,7 @@ def cmd_sample(args) -> None:
 def cmd_gfid(args) -> None:
     from dataclasses import replace
 
+    from openvtp.generation.config import validate
     from openvtp.generation.gfid import gfid
     from openvtp.train.checkpoint import write_json_atomic
 
@@ -121,17 +122,21 @@ def cmd_gfid(args) -> None:
     tokenizer = args.tokenizer or cfg.data.tokenizer
     if not tokenizer:
         raise OpenVTPError("no tokenizer to decode samples: pass --tokenizer MODEL")
+    fcfg = replace(cfg.fid, labels=args.labels) if args.labels else cfg.fid
+    validate(replace(cfg, sample=scfg, fid=fcfg))
     result = gfid(ckpt, reference, overrides=scfg, tokenizer=tokenizer, inception=args.inception or cfg.fid.inception,
-                  save_npz=args.save_npz, device=args.device)
+                  save_npz=args.save_npz, device=args.device, fid=fcfg)
     from openvtp.train import dist
 
     if dist.is_main():
         if args.out:
             write_json_atomic(result, args.out)
         extras = "".join(f", {name} {result[key]:.3f}" for key, name in (
-            ("inception_score", "IS"), ("precision", "precision"), ("recall", "recall")) if result[key] is not None)
+            ("sfid", "sFID"), ("inception_score", "IS"), ("precision", "precision"), ("recall", "recall"))
+            if result[key] is not None)
         print(f"gFID-{result['num_samples']} {result['fid']:.3f}{extras} vs {result['reference']} "
-              f"({scfg.method} {scfg.num_steps} steps, shift {scfg.timestep_shift}, cfg {scfg.cfg_scale})")
+              f"({scfg.method} {scfg.num_steps} steps, shift {scfg.timestep_shift}, cfg {scfg.cfg_scale}, "
+              f"{result['labels']} labels)")
 
 
 def cmd_demo_generation(args) -> None:
@@ -212,10 +217,14 @@ def register(sub) -> None:
                    help="samples per listed class, one grid row per class (with no --labels: every class)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("gfid", help="FID of class-balanced DiT samples against reference statistics or a folder")
+    p = sub.add_parser("gfid", help="FID, sFID, IS, precision/recall of DiT samples against ADM's reference batch "
+                                    "or a folder")
     _sampling_args(p)
     p.add_argument("--reference", default="", help="ADM reference batch / stats .npz, or an image folder")
     p.add_argument("--inception", default="", help="FID Inception weights: auto, a local file, or random (tests)")
+    p.add_argument("--labels", default=None,
+                   help="class labels: balanced (exact counts) or random (uniform, as LightningDiT); "
+                        "default: fid.labels")
     p.add_argument("--save-npz", default=None, help="also write the samples in ADM's .npz layout")
     p.add_argument("--out", default=None, help="write the result as JSON")
     p.set_defaults(func=cmd_gfid)

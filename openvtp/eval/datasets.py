@@ -39,10 +39,13 @@ from .preprocess import adm_center_crop, resize_center_crop, squash_resize
 
 # How each task family preprocesses images by default, as the released protocols do.
 DEFAULT_PREPROCESS = {"recon": "adm", "zeroshot": "squash", "retrieval": "squash", "probe": "crop"}
-PREPROCESS_METHODS = ("adm", "squash", "crop", "none")
+# VTP's scripts (`--protocol vtp`): zero-shot squashes bilinearly, the probe resizes 256 / crops 224.
+VTP_PREPROCESS = {"recon": "adm", "zeroshot": "squash-bilinear", "probe": "crop"}
+PREPROCESS_METHODS = ("adm", "squash", "squash-bilinear", "crop", "none")
 PREPROCESS_NAMES = {
     "adm": "ADM centre crop (box-halve, bicubic short side, centre crop)",
     "squash": "squash resize (bicubic, aspect ignored)",
+    "squash-bilinear": "squash resize (bilinear, aspect ignored: torchvision Resize((s, s)) as VTP's script)",
     "crop": "resize short side to size/crop_pct (bicubic) + centre crop",
     "none": "none (images used at their size)",
 }
@@ -101,10 +104,16 @@ class EvalSet:
         key = self.keys[pos]
         return f"{key[0]}:{key[1]}" if isinstance(key, tuple) else str(key)  # shards: tar and sample key
 
+    def pil(self, pos: int) -> Image.Image:
+        """Image `pos` as a PIL image; raises one of READ_ERRORS when it cannot be read."""
+        img = self.read(self.keys[pos])
+        return Image.fromarray(np.ascontiguousarray(img.permute(1, 2, 0).numpy())) if isinstance(img, torch.Tensor) \
+            else img
+
     def load(self, pos: int, size: int, method: str, crop_pct: float = 0.875) -> torch.Tensor:
         """Image `pos` preprocessed to uint8 (3, size, size); raises one of READ_ERRORS when it cannot be read."""
-        img = self.read(self.keys[pos])
         if method == "none":
+            img = self.read(self.keys[pos])
             if not isinstance(img, torch.Tensor):
                 img = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
             t = img
@@ -112,12 +121,13 @@ class EvalSet:
                 raise OpenVTPError(f"{self.where(pos)} is {t.shape[-2]}x{t.shape[-1]}; preprocessing 'none' needs "
                                    f"{size}x{size} images (choose adm, squash or crop)")
             return t.contiguous()
-        pil = Image.fromarray(np.ascontiguousarray(img.permute(1, 2, 0).numpy())) if isinstance(img, torch.Tensor) \
-            else img
+        pil = self.pil(pos)
         if method == "adm":
             return adm_center_crop(pil, size)
         if method == "squash":
             return squash_resize(pil, size)
+        if method == "squash-bilinear":
+            return squash_resize(pil, size, Image.BILINEAR)
         if method == "crop":
             return resize_center_crop(pil, size, crop_pct)
         raise OpenVTPError(f"unknown preprocessing {method!r}; choose from {', '.join(PREPROCESS_METHODS)}")

@@ -92,8 +92,9 @@ def quantise(images01: torch.Tensor) -> torch.Tensor:
 
 
 def pass_compute(lm: LoadedModel, features: bool = True, recon: bool = False, lpips_net=None, inception=None,
-                 n_last: int = 4) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    """uint8 images (B, 3, H, W) -> per-image tensors, from one trunk forward.
+                 n_last: int = 4, amp: bool = True) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """uint8 images (B, 3, H, W) -> per-image tensors, from one trunk forward (under bf16 autocast on CUDA unless
+    `amp` is false).
 
     features: "cls_blocks" (B, n, D) class token of the last n blocks (normed, shallowest first), "patch_mean" (B, D)
         mean final patch token, "latent_mean" (B, C) mean bottleneck latent, "clip" (B, T) CLIP embedding.
@@ -112,7 +113,7 @@ def pass_compute(lm: LoadedModel, features: bool = True, recon: bool = False, lp
     def compute(images: torch.Tensor) -> dict[str, torch.Tensor]:
         x01 = images.to(device).float().div(255)
         out = {}
-        with autocast(device):
+        with autocast(device) if amp else contextlib.nullcontext():
             last, kept = model.trunk.forward_blocks(model.normalize(x01), keep=set(wanted) if features else None)
             tokens = model.trunk.norm(last)  # (B, 1+N, D)
             if features:

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.linalg
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -120,6 +121,68 @@ class InceptionFeatures:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 or float [0, 1] -> (N, 2048) float64."""
         return self.extract([images], total=len(images))
+
+    @torch.inference_mode()
+    def extract_all(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One forward per chunk for what ADM's evaluator reads, float64 on CPU: "pool" (N, 2048), "logits"
+        (N, 1008) (`logits_unbiased`, the softmax input of its Inception Score) and "spatial" (N, 2023) (sFID)."""
+        model = self.model
+        saved, model.features_list = model.features_list, ["2048", "logits_unbiased"]
+        grabbed = []
+        hook = model.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, out: grabbed.append(spatial_features(out)))
+        out = {"pool": [], "logits": [], "spatial": []}
+        try:
+            for chunk in to_uint8(images).split(self.batch_size):
+                pool, logits = model(chunk.to(self.device))
+                out["pool"].append(pool.double().cpu())
+                out["logits"].append(logits.double().cpu())
+                out["spatial"].append(grabbed.pop().double().cpu())
+        finally:
+            hook.remove()
+            model.features_list = saved
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    @torch.inference_mode()
+    def pool_features_pytorch_fid(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 2048) float64 pool features with pytorch-fid's input pipeline on the same network: images as
+        float [0, 1], resized to 299 with torch's bilinear (align_corners=False), then 2 x - 1. torch-fidelity
+        (and TF, ADM) resize uint8 values TF1-style and map them with (x - 128) / 128; VTP's rFID script uses
+        pytorch-fid, so its numbers come from this pipeline."""
+        feats = []
+        for chunk in to_uint8(images).split(self.batch_size):
+            x = chunk.to(self.device).float() / 255
+            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+            for name in INCEPTION_POOL_PATH:
+                x = getattr(self.model, name)(x)
+            feats.append(x.flatten(1).double().cpu())
+        return torch.cat(feats)
+
+
+# The FID Inception's layers from the input to the 2048-d pool (torch-fidelity's and pytorch-fid's module names).
+INCEPTION_POOL_PATH = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1",
+                       "Conv2d_4a_3x3", "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+                       "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
+SFID_CHANNELS = 7  # ADM's evaluator keeps the first 7 channels of mixed_6/conv
+
+
+def spatial_features(mixed_6_conv: torch.Tensor) -> torch.Tensor:
+    """ADM's sFID features from the output of TF's `mixed_6/conv` (torch: `Mixed_6d.branch1x1`, after its ReLU),
+    (N, 192, 17, 17): the first 7 channels, flattened in TF's NHWC order -> (N, 17 * 17 * 7)."""
+    return mixed_6_conv[:, :SFID_CHANNELS].permute(0, 2, 3, 1).flatten(1)
+
+
+def inception_score(logits: torch.Tensor | np.ndarray, split_size: int = 5000) -> tuple[float, float]:
+    """ADM's Inception Score: softmax of the unbiased logits, the score of each contiguous chunk of `split_size`
+    images (the last one may be shorter), then their mean (and std, which ADM does not print)."""
+    p = torch.as_tensor(np.asarray(logits), dtype=torch.float64).softmax(dim=1)
+    if p.ndim != 2 or len(p) == 0:
+        raise OpenVTPError(f"Inception Score needs (N, classes) logits, got shape {tuple(p.shape)}")
+    scores = []
+    for part in p.split(split_size):
+        # xlogy: a probability that underflows to 0 adds 0, not nan
+        kl = (torch.special.xlogy(part, part) - part * part.mean(0, keepdim=True).log()).sum(1).mean()
+        scores.append(kl.exp().item())
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -113,6 +113,44 @@ def linear_probe_simple(
     return {"protocol": "linear-simple", "top1": top1.item(), "top5": top5.item()}
 
 
+class StackedProbes:
+    """DINOv2's linear classifiers, one per (feature variant, learning rate), trained at once (its AllClassifiers):
+    per variant every lr's classifier is stacked into one (L * C, D) weight, N(0, 0.01) init, bias 0, SGD
+    momentum without dampening or weight decay, the summed loss giving each one its own mean cross-entropy."""
+
+    def __init__(self, dims: dict[str, int], num_classes: int, lrs: torch.Tensor, momentum: float,
+                 gen: torch.Generator, device: torch.device):
+        """dims: {variant: feature width}; lrs: (L,) the (already scaled) learning rates."""
+        self.n_lr, self.c, self.momentum = len(lrs), num_classes, momentum
+        self.params, self.bufs = {}, {}
+        for name, dim in dims.items():
+            weight = (torch.randn(self.n_lr * num_classes, dim, generator=gen) * 0.01).to(device).requires_grad_()
+            self.params[name] = [weight, torch.zeros(self.n_lr * num_classes, device=device, requires_grad=True)]
+            self.bufs[name] = [torch.zeros_like(p, requires_grad=False) for p in self.params[name]]
+        self.lr_rows = lrs.to(device).repeat_interleave(num_classes)  # (L * C,): the lr of each output row
+
+    def logits_fn(self, name: str):
+        weight, bias = self.params[name]
+        return lambda x: (x @ weight.T + bias).view(len(x), self.n_lr, self.c)  # (B, L, C)
+
+    def step(self, feats: dict[str, torch.Tensor], labels: torch.Tensor, factor: float) -> None:
+        """One SGD step of every classifier on a batch; `factor` scales the learning rates (the schedule)."""
+        y = labels.long()
+        for name, x in feats.items():
+            logits = self.logits_fn(name)(x.float())
+            loss = F.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(self.n_lr), reduction="sum") / len(y)
+            grads = torch.autograd.grad(loss, self.params[name])
+            with torch.no_grad():
+                for p, g, buf, lr in zip(self.params[name], grads, self.bufs[name],
+                                         (self.lr_rows[:, None], self.lr_rows)):
+                    buf.mul_(self.momentum).add_(g)  # torch SGD momentum, no dampening
+                    p.sub_(lr * factor * buf)
+
+    def accuracy(self, feats: dict[str, torch.Tensor], labels: torch.Tensor, device) -> dict[str, tuple]:
+        """{variant: (top1 (L,), top5 (L,))} in percent."""
+        return {name: _accuracy(self.logits_fn(name), x, labels.long(), device) for name, x in feats.items()}
+
+
 def linear_probe_dinov2(
     train_variants: dict[str, torch.Tensor],
     train_labels: torch.Tensor,
@@ -143,41 +181,22 @@ def linear_probe_dinov2(
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     batch_size = min(batch_size, len(train_labels))
     gen = torch.Generator().manual_seed(seed)
-    n_lr, c = len(lrs), num_classes
-    scaled = torch.tensor(lrs, device=device) * batch_size / 256
-
-    # per variant: every lr's classifier stacked into one (L * C, D) weight
-    params = {}
-    for name, feats in train_variants.items():
-        weight = (torch.randn(n_lr * c, feats.shape[1], generator=gen) * 0.01).to(device).requires_grad_()
-        params[name] = [weight, torch.zeros(n_lr * c, device=device, requires_grad=True)]
-    bufs = {name: [torch.zeros_like(p, requires_grad=False) for p in ps] for name, ps in params.items()}
-    lr_rows = scaled.repeat_interleave(c)  # (L * C,): the lr of each output row
-
-    def logits_of(name):
-        weight, bias = params[name]
-        return lambda x: (x @ weight.T + bias).view(len(x), n_lr, c)  # (B, L, C)
-
+    probes = StackedProbes({k: v.shape[1] for k, v in train_variants.items()}, num_classes,
+                           torch.tensor(lrs) * batch_size / 256, momentum, gen, device)
     total = epochs * max(1, len(train_labels) // batch_size)
     for step, idx in enumerate(_batches(len(train_labels), batch_size, epochs, gen)):
-        y = train_labels[idx].to(device).long()
-        factor = _cosine(step, total)
-        for name, feats in train_variants.items():
-            logits = logits_of(name)(feats[idx].to(device).float())
-            # summed over classifiers: each one's gradient is that of its own mean cross-entropy
-            loss = F.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(n_lr), reduction="sum") / len(idx)
-            grads = torch.autograd.grad(loss, params[name])
-            with torch.no_grad():
-                for p, g, buf, lr in zip(params[name], grads, bufs[name], (lr_rows[:, None], lr_rows)):
-                    buf.mul_(momentum).add_(g)  # torch SGD momentum, no dampening
-                    p.sub_(lr * factor * buf)
+        probes.step({k: v[idx].to(device) for k, v in train_variants.items()}, train_labels[idx].to(device),
+                    _cosine(step, total))
+    best, all_top1 = best_probe(probes.accuracy(test_variants, test_labels, device), lrs)
+    return {"protocol": "dinov2-linear", **best, "scaled_lr": best["lr"] * batch_size / 256, "all_top1": all_top1}
 
+
+def best_probe(accuracy: dict[str, tuple], lrs: tuple[float, ...]) -> tuple[dict, dict]:
+    """The classifier with the best top-1 ({"top1", "top5", "variant", "lr"}) and every one's top-1 by name."""
     all_top1, best = {}, None
-    for name, feats in test_variants.items():
-        top1, top5 = _accuracy(logits_of(name), feats, test_labels.long(), device)
+    for name, (top1, top5) in accuracy.items():
         for i, base in enumerate(lrs):
             all_top1[f"{name}@{base:g}"] = top1[i].item()
             if best is None or top1[i] > best["top1"]:
-                best = {"top1": top1[i].item(), "top5": top5[i].item(), "variant": name, "lr": base,
-                        "scaled_lr": base * batch_size / 256}
-    return {"protocol": "dinov2-linear", **best, "all_top1": all_top1}
+                best = {"top1": top1[i].item(), "top5": top5[i].item(), "variant": name, "lr": base}
+    return best, all_top1

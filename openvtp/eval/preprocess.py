@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import torch
+import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
@@ -31,9 +32,10 @@ def adm_center_crop(pil: Image.Image, size: int) -> torch.Tensor:
     return _to_tensor(pil.crop((left, top, left + size, top + size)))
 
 
-def squash_resize(pil: Image.Image, size: int) -> torch.Tensor:
-    """Resize to size x size ignoring the aspect ratio, BICUBIC (VTP's zero-shot protocol: ImageNet val at 256)."""
-    return _to_tensor(pil.convert("RGB").resize((size, size), resample=Image.BICUBIC))
+def squash_resize(pil: Image.Image, size: int, resample: int = Image.BICUBIC) -> torch.Tensor:
+    """Resize to size x size ignoring the aspect ratio (zero-shot: ImageNet val at 256). VTP's script uses
+    torchvision's Resize((size, size)), i.e. PIL BILINEAR; openvtp's default is BICUBIC."""
+    return _to_tensor(pil.convert("RGB").resize((size, size), resample=resample))
 
 
 def resize_center_crop(pil: Image.Image, size: int, crop_pct: float = 0.875) -> torch.Tensor:
@@ -44,3 +46,16 @@ def resize_center_crop(pil: Image.Image, size: int, crop_pct: float = 0.875) -> 
     """
     pil = TF.resize(pil.convert("RGB"), math.floor(size / crop_pct), interpolation=TF.InterpolationMode.BICUBIC)
     return _to_tensor(TF.center_crop(pil, [size, size]))
+
+
+def random_resized_crop_flip(pil: Image.Image, size: int, seed: int, scale: tuple[float, float] = (0.08, 1.0),
+                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """torchvision's RandomResizedCrop(size, BICUBIC) then RandomHorizontalFlip, as DINOv2's and VTP's linear-probe
+    training transform, with every draw taken from a generator seeded by `seed` (not torch's global one)."""
+    pil = pil.convert("RGB")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        top, left, h, w = T.RandomResizedCrop.get_params(pil, list(scale), list(ratio))
+        flip = torch.rand(1).item() < 0.5
+    pil = TF.resized_crop(pil, top, left, h, w, [size, size], interpolation=TF.InterpolationMode.BICUBIC)
+    return _to_tensor(TF.hflip(pil) if flip else pil)

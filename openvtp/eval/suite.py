@@ -3,7 +3,9 @@
 Tasks: `zeroshot` (CLIP zero-shot top-1/5 per label set), `linprobe` (linear-simple on the last-layer CLS and on the
 pooled bottleneck latent; DINOv2's linear protocol), `knn` (k=20, cosine, exp(sim/T) votes), `retrieval`
 (recall@1/5/10 both ways) and `recon` (PSNR, SSIM, LPIPS, rFID, next to the flat-patch PSNR baseline).
-Every number comes with its protocol (data, split, images, resolution, preprocessing, features, templates, ...).
+Every number comes with its protocol (data, split, images, resolution, preprocessing, features, templates, ...),
+including which evaluation protocol produced it: openvtp's, or with `protocol="vtp"` the VTP repository's tools/
+scripts for zeroshot, linprobe and recon (`vtp_protocol.py`).
 A task a model cannot do, or data that cannot support it, is an entry with `skipped` and the reason.
 """
 from __future__ import annotations
@@ -20,13 +22,19 @@ import torch.nn.functional as F
 from openvtp.data.text import VOCAB_SIZE
 from openvtp.errors import OpenVTPError
 
-from .datasets import DEFAULT_PREPROCESS, PREPROCESS_METHODS, PREPROCESS_NAMES, EvalData, EvalSet, open_data
+from .datasets import (DEFAULT_PREPROCESS, PREPROCESS_METHODS, PREPROCESS_NAMES, VTP_PREPROCESS, EvalData, EvalSet,
+                       open_data)
 from .extract import LoadedModel, autocast, cached_pass, pass_compute, quantise
 
 log = logging.getLogger(__name__)
 
 TASKS = ("zeroshot", "linprobe", "knn", "retrieval", "recon")
 LINPROBE_PROTOCOLS = ("simple", "dinov2")
+# `--protocol vtp` runs the VTP repository's tools/ scripts where it has one (zeroshot, linprobe, recon); kNN and
+# retrieval have none and keep openvtp's protocol, which their entries record.
+PROTOCOLS = ("openvtp", "vtp")
+VTP_TASKS = ("zeroshot", "linprobe", "recon")
+LPIPS_NETS = ("alex", "vgg")
 
 
 @dataclass
@@ -34,6 +42,7 @@ class EvalOptions:
     """Everything `openvtp eval` can change; the defaults are the released protocols."""
 
     tasks: tuple[str, ...] = TASKS
+    protocol: str = "openvtp"  # or "vtp": VTP's tools/ scripts for zeroshot, linprobe and recon
     explicit_tasks: bool = False  # tasks named by the user: one no model can run is an error, not a skip
     size: int | None = None  # default: each model's config.image_size
     preprocess: dict[str, str] = field(default_factory=dict)  # {"recon"|"zeroshot"|"retrieval"|"probe": method}
@@ -46,10 +55,12 @@ class EvalOptions:
     linprobe: tuple[str, ...] = LINPROBE_PROTOCOLS
     probe_epochs: int = 10
     probe_batch: int | None = None  # default: 1024 (DINOv2), smaller on small sets (see probe_batch_size)
+    probe_epoch_length: int = 0  # vtp protocol: iterations per probe epoch; 0: VTP's 1250, at most one pass
     knn_k: int = 20
     knn_temperature: float = 0.07
     fid_weights: str = "auto"  # auto | random | none | path
     lpips: str = "auto"  # auto | random | none
+    lpips_net: str | None = None  # alex | vgg; default: alex (openvtp), vgg (vtp)
     batch_size: int = 64
     workers: int | None = None
     chunk_size: int = 1024
@@ -84,6 +95,12 @@ class EvalOptions:
             raise OpenVTPError(f"--size must be positive, got {self.size}")
         if self.probe_batch is not None and self.probe_batch <= 0:
             raise OpenVTPError(f"--probe-batch must be positive, got {self.probe_batch}")
+        if self.protocol not in PROTOCOLS:
+            raise OpenVTPError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.lpips_net is not None and self.lpips_net not in LPIPS_NETS:
+            raise OpenVTPError(f"--lpips-net must be one of {', '.join(LPIPS_NETS)}, got {self.lpips_net!r}")
+        if self.probe_epoch_length < 0:
+            raise OpenVTPError(f"--probe-epoch-length must be >= 0 (0: auto), got {self.probe_epoch_length}")
         if self.lpips not in ("auto", "random", "none"):
             raise OpenVTPError(f"--lpips must be auto, random or none, got {self.lpips!r}")
         if self.fid_weights not in ("auto", "random", "none") and not Path(self.fid_weights).is_file():
@@ -116,6 +133,7 @@ class Suite:
         self.cache_root = Path(opts.cache_dir) if opts.cache_dir else self.out / "cache"
         self._data: dict[int, EvalData] = {}
         self._metric_nets = None
+        self.vtp = opts.protocol == "vtp"
 
     # ------------------------------------------------------------------ data and helpers
     def data_for(self, size: int) -> EvalData:
@@ -127,8 +145,8 @@ class Suite:
                                         o.templates, o.seed)
         return self._data[key]
 
-    def method(self, data: EvalData, group: str) -> str:
-        return self.opts.preprocess.get(group, data.default_preprocess[group])
+    def method(self, data: EvalData, group: str, vtp: bool = False) -> str:
+        return self.opts.preprocess.get(group, VTP_PREPROCESS[group] if vtp else data.default_preprocess[group])
 
     def workers(self, data: EvalData) -> int:
         if data.kind == "embedded scenes":  # already in memory
@@ -141,24 +159,40 @@ class Suite:
         text = PREPROCESS_NAMES[method]
         return text.replace("crop_pct", f"crop_pct {self.opts.crop_pct}") if method == "crop" else text
 
-    def run_pass(self, lm: LoadedModel, data: EvalData, es: EvalSet, method: str, kinds: set[str]):
-        """One cached pass over `es` computing what `kinds` ("features", "recon") need."""
-        o = self.opts
+    def run_pass(self, lm: LoadedModel, data: EvalData, es: EvalSet, method: str, kinds: set[str],
+                 size: int | None = None, mode: str = "auto"):
+        """One cached pass over `es` at `size` (default: the model's) computing what `kinds` ("features", "recon")
+        need; mode "auto" (bf16 autocast on CUDA), "fp32" or "vtp-recon" (VTP's reconstruction metrics)."""
+        from .vtp_protocol import recon_compute
+
+        o, size = self.opts, size or lm.size
         meta = {"kinds": sorted(kinds), "model": lm.fingerprint, "data": es.fingerprint, "split": es.split,
-                "size": lm.size, "preprocess": method, "crop_pct": o.crop_pct if method == "crop" else None}
+                "size": size, "preprocess": method, "crop_pct": o.crop_pct if method == "crop" else None}
+        if mode != "auto":
+            meta["mode"] = mode
         lp = inc = None
         if "recon" in kinds:
             lp, inc, fid_id, _ = self.metric_nets(lm.device)
-            meta |= {"lpips": o.lpips if lp is not None else None, "fid": fid_id}
-        compute = pass_compute(lm, "features" in kinds, "recon" in kinds, lp, inc)
-        return cached_pass(self.cache_root / lm.name, meta, es, lm.size, method, o.crop_pct, compute, o.batch_size,
+            meta |= {"lpips": o.lpips if lp is not None else None, "lpips_net": self.lpips_net, "fid": fid_id}
+        if mode == "vtp-recon":
+            patch = lm.model.config.vision_patch_size
+            compute = recon_compute(lm.model, lm.device, autocast(lm.device), lp, inc, patch)
+        else:
+            compute = pass_compute(lm, "features" in kinds, "recon" in kinds, lp, inc, amp=mode == "auto")
+        return cached_pass(self.cache_root / lm.name, meta, es, size, method, o.crop_pct, compute, o.batch_size,
                            self.workers(data), o.chunk_size, o.progress,
-                           f"{lm.name} {'+'.join(sorted(kinds))} {es.split}/{method}")
+                           f"{lm.name} {'+'.join(sorted(kinds))} {es.split}/{method}{size}")
 
-    def base_protocol(self, data: EvalData, es: EvalSet, lm: LoadedModel, method: str, kept: int) -> dict:
-        return {"dataset": data.name, "data_kind": data.kind, "split": es.split, "images": kept,
-                "skipped_images": len(es) - kept, "resolution": lm.size,
-                "preprocessing": self.preprocessing(data, method, lm.size)}
+    def base_protocol(self, data: EvalData, es: EvalSet, lm: LoadedModel, method: str, kept: int,
+                      size: int | None = None, vtp: bool = False) -> dict:
+        size = size or lm.size
+        return {"eval_protocol": "vtp" if vtp else "openvtp", "dataset": data.name, "data_kind": data.kind,
+                "split": es.split, "images": kept, "skipped_images": len(es) - kept, "resolution": size,
+                "preprocessing": self.preprocessing(data, method, size)}
+
+    @property
+    def lpips_net(self) -> str:
+        return self.opts.lpips_net or ("vgg" if self.vtp else "alex")
 
     # ------------------------------------------------------------------ metric networks (shared by all models)
     def metric_nets(self, device: torch.device):
@@ -172,7 +206,7 @@ class Suite:
                 skipped["lpips"] = "turned off (--lpips none)"
             else:
                 try:
-                    lp = build_lpips("pretrained" if o.lpips == "auto" else "random").to(device)
+                    lp = build_lpips("pretrained" if o.lpips == "auto" else "random", self.lpips_net).to(device)
                 except OpenVTPError as e:
                     skipped["lpips"] = f"{e} [openvtp eval: --lpips none, or random for a meaningless number]"
             if o.fid_weights == "none":
@@ -212,7 +246,8 @@ class Suite:
         plans, entries = self.plan(lm.model.config, data, tasks)
 
         # every pass first, on every rank (torchrun splits the chunks); then the tasks on rank 0
-        results = {key: self.run_pass(lm, data, es, method, kinds) for key, (es, method, kinds) in plans.items()}
+        results = {key: self.run_pass(lm, data, es, key[1], kinds, key[2], key[3])
+                   for key, (es, kinds) in plans.items()}
         if not dist.is_main():
             return None
 
@@ -238,12 +273,15 @@ class Suite:
             text_reason = (f"text vocabulary has {cfg.text_vocab_size} tokens, fewer than the {VOCAB_SIZE} of the "
                            "BPE tokenizer the text tower expects")
 
-        def need(role: str, group: str, kind: str = "features"):
-            """Passes are shared by the tasks that read the same split with the same preprocessing."""
-            method = self.method(data, group)
-            key = (role, method)
-            plans.setdefault(key, (test if role == "test" else train, method, set()))[2].add(kind)
+        def need(role: str, group: str, kind: str = "features", vtp: bool = False, size: int | None = None,
+                 mode: str = "auto"):
+            """Passes are shared by the tasks that read the same split with the same preprocessing, size and mode:
+            key (role, method, size (None: the model's), mode)."""
+            key = (role, self.method(data, group, vtp), size, mode)
+            plans.setdefault(key, (test if role == "test" else train, set()))[1].add(kind)
             return key
+
+        vtp = self.vtp
 
         for task in tasks:
             if task == "zeroshot":
@@ -256,7 +294,8 @@ class Suite:
                     if text_reason:
                         entries.append((task, f"{task}/{k}", text_reason, ()))
                     else:
-                        entries.append((task, f"{task}/{k}", None, (k, need("test", "zeroshot"))))
+                        key = need("test", "zeroshot", vtp=vtp, mode="fp32" if vtp else "auto")
+                        entries.append((task, f"{task}/{k}", None, (k, key)))
             elif task == "retrieval":
                 if test.captions is None:
                     entries.append((task, task, f"{data.name} has no captions", ()))
@@ -271,6 +310,13 @@ class Suite:
                 if not shared:
                     entries.append((task, task, f"{data.name} has no labels in both splits", ()))
                 for k in shared:
+                    if task == "linprobe" and vtp:  # train features are recomputed on augmented crops every step
+                        from .vtp_protocol import probe_crop_size
+
+                        crop = probe_crop_size(self.opts.size or cfg.image_size, cfg.vision_patch_size)
+                        key = need("test", "probe", vtp=True, size=crop)
+                        entries.append((task, f"linprobe/{k}/vtp", None, (k, "vtp", None, key)))
+                        continue
                     keys = (need("train", "probe"), need("test", "probe"))
                     if task == "knn":
                         entries.append((task, f"knn/{k}", None, (k, *keys)))
@@ -281,7 +327,8 @@ class Suite:
                 if not cfg.train_reconstruction:
                     entries.append((task, task, "model has no pixel decoder (train_reconstruction is false)", ()))
                 else:
-                    entries.append((task, task, None, (need("test", "recon", "recon"),)))
+                    mode = "vtp-recon" if vtp else "auto"
+                    entries.append((task, task, None, (need("test", "recon", "recon", vtp=vtp, mode=mode),)))
         return plans, entries
 
     # ------------------------------------------------------------------ tasks
@@ -291,12 +338,14 @@ class Suite:
         feats, positions = results[key]
         ls = data.test.labelsets[labelset]
         model, device = lm.model, lm.device
-        with torch.inference_mode(), autocast(device):
+        vtp = key[3] == "fp32"  # VTP's script: float32 throughout (its default precision)
+        with torch.inference_mode(), contextlib.nullcontext() if vtp else autocast(device):
             clf = build_zero_shot_classifier(lambda t: model.get_clip_text_feature(t.to(device)), ls.classnames,
                                              ls.templates, model.tokenize).float().cpu()
         topk = (1, 5) if len(ls.classnames) > 5 else (1,)
         metrics = zero_shot_accuracy(F.normalize(feats["clip"].float(), dim=-1), clf, ls.labels[positions], topk)
-        proto = self.base_protocol(data, data.test, lm, key[1], len(positions)) | {
+        proto = self.base_protocol(data, data.test, lm, key[1], len(positions), vtp=vtp) | {
+            "precision": "float32" if vtp or device.type != "cuda" else "bf16 autocast",
             "features": "CLIP image embedding (L2-normalised)", "classes": len(ls.classnames),
             "class_names": ls.names_source, "templates": ls.templates_source,
             "class_name_list": ls.classnames, "template_list": ls.templates,
@@ -351,6 +400,8 @@ class Suite:
     def task_linprobe(self, lm, data, results, labelset, protocol, train_key, test_key):
         from .linear_probe import dinov2_feature_variants, linear_probe_dinov2, linear_probe_simple
 
+        if protocol == "vtp":
+            return self.task_linprobe_vtp(lm, data, results, labelset, test_key)
         ftr, ytr, fte, yte, ntr, nte = self._probe_inputs(data, results, labelset, train_key, test_key)
         num_classes = _num_classes(data, labelset, ytr, yte)
         batch = probe_batch_size(ntr, self.opts.probe_batch)
@@ -384,6 +435,46 @@ class Suite:
                     "blocks_available": int(ftr["cls_blocks"].shape[1]), "all_top1": res["all_top1"]}))
         return out
 
+    def task_linprobe_vtp(self, lm, data, results, labelset, test_key):
+        from .linear_probe import dinov2_feature_variants
+        from .vtp_protocol import PROBE_BATCH, PROBE_BLOCKS, PROBE_CROP_PCT, linear_probe_vtp
+
+        fte, pte = results[test_key]
+        if len(pte) == 0:
+            raise OpenVTPError(f"no readable images in the test split of {data.name}")
+        ytr, yte = data.train.labelsets[labelset].labels, data.test.labelsets[labelset].labels[pte]
+        num_classes = _num_classes(data, labelset, ytr, yte)
+        depth, crop = len(lm.model.trunk.blocks), test_key[2]
+        blocks = [n for n in PROBE_BLOCKS if n <= depth]
+
+        def variants(f):  # VTP's classifiers all take the average-pooled patch tokens
+            v = dinov2_feature_variants(f["cls_blocks"].float(), f["patch_mean"].float())
+            return {f"cls{n}_avgpool": v[f"cls{n}_avgpool"] for n in blocks}
+
+        features = pass_compute(lm, features=True)
+        batch = min(self.opts.probe_batch or PROBE_BATCH, len(data.train))
+        with few_threads(lm.device, batch * fte["cls_blocks"][0].numel()):
+            res = linear_probe_vtp(lambda images: variants(features(images)), data.train, ytr, variants(fte), yte,
+                                   num_classes, crop, self.opts.probe_epochs, batch, self.opts.probe_epoch_length,
+                                   workers=self.workers(data), device=lm.device, seed=self.opts.seed,
+                                   progress=self.opts.progress)
+        metrics = {"top1": res["top1"]} | ({"top5": res["top5"]} if num_classes > 5 else {})
+        proto = self.base_protocol(data, data.test, lm, test_key[1], len(pte), crop, vtp=True) | {
+            "train_split": data.train.split, "train_images": len(data.train),
+            "train_skipped_images": res["train_images_skipped"], "labels": labelset,
+            "protocol": "VTP's test_linear_probing_hf.py: linear classifiers on the CLS of the last 1 or 4 blocks + "
+                        "average-pooled patch tokens, 13 learning rates (x batch / 256), SGD momentum 0.9, no weight "
+                        "decay, cosine per iteration; scored on the test split after every epoch, best epoch and "
+                        "classifier reported",
+            "augmentation": f"train: RandomResizedCrop({crop}, scale 0.08-1, bicubic) + horizontal flip, drawn "
+                            f"afresh every step; test: resize to {int(crop / PROBE_CROP_PCT)} + centre crop {crop}",
+            "features": f"best variant {res['variant']}", "variant": res["variant"], "lr": res["lr"],
+            "scaled_lr": res["scaled_lr"], "variants": [f"cls{n}_avgpool" for n in blocks],
+            "epochs": self.opts.probe_epochs, "epoch_length": res["epoch_length"], "batch": res["batch"],
+            "best_epoch": res["best_epoch"], "last_epoch_top1": res["last_epoch_top1"],
+            "epoch_top1": res["epoch_top1"], "all_top1": res["all_top1"]}
+        return [entry("linprobe", f"linprobe/{labelset}/vtp", metrics, proto)]
+
     def task_recon(self, lm, data, results, key):
         from .fid import feature_statistics, frechet_distance
 
@@ -402,17 +493,29 @@ class Suite:
                 metrics["rfid"] = frechet_distance(*feature_statistics(feats["inception_orig"].double()),
                                                    *feature_statistics(feats["inception_recon"].double()))
         metrics["psnr_patch_mean_baseline"] = feats["psnr_patch_mean"].mean().item()
-        proto = self.base_protocol(data, data.test, lm, key[1], len(positions)) | {
+        vtp = key[3] == "vtp-recon"
+        trunk = "random trunk: meaningless" if self.opts.lpips == "random" else "ImageNet trunk"
+        lpips_text = f"{'VGG16' if self.lpips_net == 'vgg' else 'AlexNet'} v0.1, per image, averaged, {trunk}"
+        weights = f"weights {fid_id}" + (" (random: meaningless)" if fid_id == "random" else "")
+        proto = self.base_protocol(data, data.test, lm, key[1], len(positions), vtp=vtp) | ({
+            "reconstructions": "VTP's test_reconstruction_hf.py: encoder under the eval's autocast (bf16 on CUDA), "
+                               "decoder in float32, metrics on the float reconstructions clamped to [0, 1]",
+            "psnr": "20 log10(255 / RMSE) per image, averaged",
+            "ssim": "torchmetrics SSIM (Gaussian 11x11, sigma 1.5) per image, averaged (VTP averages batch means: "
+                    "the same when the batch divides the set)",
+            "rfid": f"pytorch-fid on originals and reconstructions truncated to uint8 as VTP's saved PNGs ([0, 1] "
+                    f"input, torch bilinear resize to 299, 2x - 1), {weights}",
+        } if vtp else {
             "reconstructions": "decode(encode(x)), quantised to 8 bits as saved PNGs",
             "psnr": "per image, averaged", "ssim": "per image (Gaussian 11x11, sigma 1.5), averaged",
-            "lpips": (f"AlexNet v0.1, {'random trunk: meaningless' if self.opts.lpips == 'random' else 'ImageNet trunk'}"
-                      if "lpips" in metrics else None),
-            "rfid": (f"Frechet distance of Inception pool features, originals vs reconstructions, weights {fid_id}"
-                     + (" (random: meaningless)" if fid_id == "random" else "")) if "rfid" in metrics else None,
-            "psnr_patch_mean_baseline": f"each {lm.model.config.vision_patch_size}px patch filled with its mean colour"}
+            "rfid": f"Frechet distance of Inception pool features, originals vs reconstructions, {weights}",
+        }) | {"psnr_patch_mean_baseline": f"each {lm.model.config.vision_patch_size}px patch filled with its mean "
+                                          "colour", "lpips": lpips_text}
+        for metric in ("lpips", "rfid"):
+            if metric not in metrics:
+                del proto[metric]
         grid = self.recon_grid(lm, data, key[1])
-        return [entry("recon", "recon", metrics, {k: v for k, v in proto.items() if v is not None},
-                      skipped_metrics=skipped, **({"grid": grid} if grid else {}))]
+        return [entry("recon", "recon", metrics, proto, skipped_metrics=skipped, **({"grid": grid} if grid else {}))]
 
     def recon_grid(self, lm: LoadedModel, data: EvalData, method: str) -> str | None:
         from .datasets import READ_ERRORS
@@ -537,6 +640,7 @@ def evaluate(models: list[str], data: str, opts: EvalOptions, out: str | Path, n
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "data": first.describe(),
+        "protocol": opts.protocol,
         "tasks": [t for t in TASKS if t in opts.tasks],
         "options": dataclasses.asdict(opts),
         "device": str(info.device),

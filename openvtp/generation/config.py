@@ -16,6 +16,7 @@ from openvtp.models.dit import DIT_PRESETS
 
 SAMPLERS = ("euler", "heun", "dopri5")
 PRECISIONS = ("auto", "fp32", "bf16")
+FID_LABELS = ("balanced", "random")
 
 
 @dataclass
@@ -98,6 +99,8 @@ class FIDConfig:
     reference: str = ""  # ADM reference batch / stats .npz, or an image folder
     inception: str = "auto"  # "auto" | weights path | "random" (tests only)
     batch_size: int = 50
+    labels: str = "balanced"  # class labels of the samples: "balanced" (exact counts) | "random" (LightningDiT)
+    is_split_size: int = 5000  # Inception Score over contiguous chunks of this many images, as ADM's evaluator
 
 
 @dataclass
@@ -173,3 +176,5 @@ def validate(cfg: GenerationConfig, world_size: int = 1) -> None:
     _check(s.batch_size > 0, "sample.batch_size", "must be > 0")
     _check(s.grid_images >= 0, "sample.grid_images", "must be >= 0")
     _check(q.batch_size > 0, "fid.batch_size", "must be > 0")
+    _check(q.labels in FID_LABELS, "fid.labels", f"unknown '{q.labels}' (choose from {', '.join(FID_LABELS)})")
+    _check(q.is_split_size > 0, "fid.is_split_size", "must be > 0")

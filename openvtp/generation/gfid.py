@@ -5,11 +5,13 @@ or an image folder; features come from the standard FID Inception of `openvtp.ev
 Images are featurised batch by batch, so N = 50k never sits in memory; under torchrun each rank
 makes a disjoint part and the features are gathered on rank 0.
 
-Inception Score and precision/recall come from torch-fidelity's metric functions applied to the
-features computed here (its own entry points would fetch and unpickle the weights themselves):
-IS from the Inception's `logits_unbiased` (10 splits), precision/recall (Kynkaenniemi et al. 2019,
-k = 3, as ADM's evaluator) on the pool features, which needs reference images (a folder, or an
-.npz with `arr_0` such as ADM's reference batch), not only mu/sigma.
+Beside FID, the other numbers of ADM's evaluator, from the same Inception forward: the
+Inception Score as ADM computes it (softmax of `logits_unbiased`, contiguous chunks of 5000
+images, mean), sFID (Frechet distance of the first 7 channels of `mixed_6/conv`, the reference's
+stored `mu_s`/`sigma_s` when it has them, as ADM's batches do) and precision/recall
+(Kynkaenniemi et al. 2019, k = 3, torch-fidelity >= 0.4's function on the pool features; needs
+reference images, a folder or an .npz with `arr_0`, not only statistics). Labels are exactly
+class-balanced by default, or drawn uniformly at random as LightningDiT does (`fid.labels`).
 """
 from __future__ import annotations
 
@@ -22,59 +24,47 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from openvtp.errors import OpenVTPError
-from openvtp.eval.fid import (FeatureExtractor, InceptionFeatures, feature_statistics, frechet_distance,
-                              image_set_features, load_stats, to_uint8)
-from openvtp.generation.config import SampleConfig, validate
-from openvtp.generation.sample import (balanced_labels, iter_samples, load_dit, load_tokenizer, to_uint8_hwc,
-                                       write_npz)
+from openvtp.eval.fid import (FeatureExtractor, ImageSet, InceptionFeatures, feature_statistics, frechet_distance,
+                              inception_score)
+from openvtp.generation.config import FIDConfig, SampleConfig, validate
+from openvtp.generation.sample import fid_labels, iter_samples, load_dit, load_tokenizer, to_uint8_hwc, write_npz
 from openvtp.train import dist
 
 
-def reference_statistics(reference: str | Path, extractor: FeatureExtractor, batch_size: int = 50
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of a reference: stats / ADM .npz, or a folder of images."""
+def batch_features(extractor: FeatureExtractor, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """{"pool", and with the FID Inception "logits" and "spatial"} of a batch, from one forward."""
+    if hasattr(extractor, "extract_all"):
+        return {k: v.numpy() for k, v in extractor.extract_all(images).items()}
+    return {"pool": extractor.extract([images], total=len(images)).numpy()}
+
+
+def stored_statistics(reference: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"pool": (mu, sigma), "spatial": (mu_s, sigma_s)}, whichever the reference .npz stores (ADM's batches: both)."""
     path = Path(reference)
-    if path.is_dir():
-        feats, _ = image_set_features(path, extractor, batch_size)
-        return feature_statistics(feats)
-    if path.suffix == ".npz":
-        return load_stats(path, extractor, batch_size)
-    raise OpenVTPError(f"FID reference must be an .npz or an image folder, got {path}")
+    out = {}
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            for name, (mu, sigma) in (("pool", ("mu", "sigma")), ("spatial", ("mu_s", "sigma_s"))):
+                if mu in data and sigma in data:
+                    out[name] = (data[mu].astype(np.float64), data[sigma].astype(np.float64))
+    return out
 
 
 def reference_features(reference: str | Path, extractor: FeatureExtractor, batch_size: int = 50
-                       ) -> np.ndarray | None:
-    """Pool features of the reference images (folder, or .npz with `arr_0`); None for statistics only."""
+                       ) -> dict[str, np.ndarray] | None:
+    """Features of the reference images (a folder, or an .npz with `arr_0`); None for a statistics-only .npz."""
     path = Path(reference)
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             if "arr_0" not in data:
                 return None
-    feats, _ = image_set_features(path, extractor, batch_size)
-    return np.asarray(feats, dtype=np.float64)
-
-
-def _has_statistics(reference: str | Path) -> bool:
-    path = Path(reference)
-    if path.suffix != ".npz":
-        return False
-    with np.load(path, allow_pickle=False) as data:
-        return "mu" in data and "sigma" in data
-
-
-@torch.inference_mode()
-def inception_logits(extractor: FeatureExtractor, images01: torch.Tensor) -> np.ndarray | None:
-    """(B, 1008) `logits_unbiased` of the FID Inception for IS; None for other extractors."""
-    model = getattr(extractor, "model", None)
-    if not isinstance(extractor, InceptionFeatures) or not hasattr(model, "features_list"):
-        return None
-    saved, model.features_list = model.features_list, ["logits_unbiased"]
-    try:
-        out = [model(chunk.to(extractor.device))[0].double().cpu() for chunk in to_uint8(images01).split(
-            extractor.batch_size)]
-    finally:
-        model.features_list = saved
-    return torch.cat(out).numpy()
+    elif not path.is_dir():
+        raise OpenVTPError(f"FID reference must be an .npz or an image folder, got {path}")
+    images = ImageSet(path, batch_size)
+    parts = [batch_features(extractor, batch) for batch in images]
+    if not parts:
+        raise OpenVTPError(f"no images in the FID reference {path}")
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _gather(feats: np.ndarray) -> np.ndarray:
@@ -96,64 +86,72 @@ def gfid(
     save_npz: str | Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    fid: FIDConfig | None = None,
 ) -> dict:
-    """FID of `num_samples` class-balanced samples of a DiT checkpoint against `reference`.
+    """FID of `num_samples` samples of a DiT checkpoint against `reference`.
 
-    Unset arguments fall back to the checkpoint's config (sample.*, fid.reference, fid.inception,
-    data.tokenizer). `extractor` replaces the Inception (tests). save_npz also writes the samples
-    in ADM's layout. Returns {"fid", "inception_score", "inception_score_std", "precision",
-    "recall", "num_samples", "reference", "sample": settings} (IS needs the FID Inception,
-    precision/recall reference images; otherwise they are None); every rank gets the same dict.
+    Unset arguments fall back to the checkpoint's config (sample.*, fid.*, data.tokenizer);
+    `fid` replaces the checkpoint's fid settings (labels, IS chunk size, batch size).
+    `extractor` replaces the Inception (tests). save_npz also writes the samples in ADM's
+    layout. Returns {"fid", "sfid", "inception_score", "inception_score_std", "precision",
+    "recall", "num_samples", "labels", "reference", "sample": settings} (IS and sFID need the
+    FID Inception, sFID reference images or stored `mu_s`/`sigma_s`, precision/recall reference
+    images; otherwise they are None); every rank gets the same dict.
     """
     info = dist.init(device)
     model, cfg, stats = load_dit(checkpoint, overrides.use_ema if overrides else None, info.device)
     scfg = overrides or cfg.sample
     if num_samples is not None:
         scfg = replace(scfg, num_samples=num_samples)
-    validate(replace(cfg, sample=scfg))
-    reference = reference or cfg.fid.reference
+    fcfg = fid or cfg.fid
+    validate(replace(cfg, sample=scfg, fid=fcfg))
+    reference = reference or fcfg.reference
     if not reference:
         raise OpenVTPError("no FID reference: pass one (ADM .npz, stats .npz or image folder) or set fid.reference")
     if extractor is None:
-        extractor = InceptionFeatures(inception or cfg.fid.inception, info.device, cfg.fid.batch_size,
-                                      progress=False)
+        extractor = InceptionFeatures(inception or fcfg.inception, info.device, fcfg.batch_size, progress=False)
     decoder = tokenizer.to(info.device).eval() if isinstance(tokenizer, nn.Module) \
         else load_tokenizer(tokenizer or cfg.data.tokenizer, info.device)
 
-    labels = balanced_labels(scfg.num_samples, model.num_classes)
+    labels = fid_labels(fcfg.labels, scfg.num_samples, model.num_classes, scfg.seed)
     mine = torch.arange(len(labels))[dist.rank()::dist.world_size()]
-    feats, logits, kept, kept_idx = [], [], [], []
+    feats, kept, kept_idx = [], [], []
     for idx, _, images in iter_samples(model, decoder.decode, stats, labels, scfg, cfg.data.latent_multiplier,
                                        mine, progress and dist.is_main()):
-        feats.append(extractor.extract([images], total=len(images)).numpy())
-        logits.append(inception_logits(extractor, images))
+        feats.append(batch_features(extractor, images))
+        feats[-1]["index"] = idx.numpy()
         if save_npz:
             kept.append(to_uint8_hwc(images))
             kept_idx.append(idx.numpy())
-    feats = _gather(np.concatenate(feats))
-    logits = None if logits[0] is None else _gather(np.concatenate(logits))
+    # every rank's features in sample order: contiguous IS chunks must not depend on the number of processes
+    feats = {k: _gather(np.concatenate([f[k] for f in feats])) for k in feats[0]}
+    order = np.argsort(feats.pop("index"), kind="stable")
+    feats = {k: v[order] for k, v in feats.items()}
     result = None
     if dist.is_main():
-        from torch_fidelity.metric_isc import isc_features_to_metric
         from torch_fidelity.metric_prc import calculate_precision_recall_part
 
-        # ADM's evaluator: stored mu/sigma when the reference has them, its images' features for precision/recall
-        ref_feats = reference_features(reference, extractor, cfg.fid.batch_size)
-        if ref_feats is not None and not _has_statistics(reference):
-            mu_ref, sigma_ref = feature_statistics(ref_feats)
-        else:
-            mu_ref, sigma_ref = reference_statistics(reference, extractor, cfg.fid.batch_size)
-        fid = frechet_distance(*feature_statistics(feats), mu_ref, sigma_ref)
-        result = {"fid": fid, "inception_score": None, "inception_score_std": None, "precision": None,
-                  "recall": None, "num_samples": int(len(feats)), "reference": str(reference), "sample": vars(scfg)}
-        if logits is not None:
-            isc = isc_features_to_metric(torch.from_numpy(logits), splits=min(10, len(logits)))
-            result["inception_score"], result["inception_score_std"] = isc["inception_score_mean"], \
-                isc["inception_score_std"]
+        # ADM's evaluator: stored statistics when the reference has them, its images' features for the rest
+        stored = stored_statistics(reference)
+        ref_feats = reference_features(reference, extractor, fcfg.batch_size)
+        ref_stats = {k: stored[k] if k in stored else feature_statistics(ref_feats[k])
+                     for k in ("pool", "spatial") if k in stored or (ref_feats is not None and k in ref_feats)}
+        if "pool" not in ref_stats:
+            raise OpenVTPError(f"{reference} holds neither `mu`/`sigma` nor `arr_0` images")
+        result = {"fid": frechet_distance(*feature_statistics(feats["pool"]), *ref_stats["pool"]), "sfid": None,
+                  "inception_score": None, "inception_score_std": None, "precision": None, "recall": None,
+                  "num_samples": int(len(feats["pool"])), "labels": fcfg.labels, "reference": str(reference),
+                  "sample": vars(scfg)}
+        if "spatial" in feats and "spatial" in ref_stats:
+            result["sfid"] = frechet_distance(*feature_statistics(feats["spatial"]), *ref_stats["spatial"])
+        if "logits" in feats:
+            result["inception_score"], result["inception_score_std"] = inception_score(feats["logits"],
+                                                                                       fcfg.is_split_size)
         k = 3  # ADM's evaluator and Kynkaenniemi et al.
-        if ref_feats is not None and min(len(ref_feats), len(feats)) > k:
+        if ref_feats is not None and min(len(ref_feats["pool"]), len(feats["pool"])) > k:
+            # torch-fidelity >= 0.4: generated features first (0.3 had the two swapped)
             result["precision"], result["recall"] = calculate_precision_recall_part(
-                torch.from_numpy(feats), torch.from_numpy(ref_feats), neighborhood=k)
+                torch.from_numpy(feats["pool"]), torch.from_numpy(ref_feats["pool"]), neighborhood=k)
     if save_npz:
         images = _gather(np.concatenate(kept))
         order = _gather(np.concatenate(kept_idx))
@@ -164,4 +162,3 @@ def gfid(
         torch_dist.broadcast_object_list(box, src=0)
         result = box[0]
     return result
-

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from openvtp.config.load import config_from_dict
 from openvtp.errors import OpenVTPError
 from openvtp.generation import seeding
-from openvtp.generation.config import GenerationConfig, SampleConfig, validate
+from openvtp.generation.config import FID_LABELS, GenerationConfig, SampleConfig, validate
 from openvtp.models.dit import LightningDiT
 from openvtp.train import dist
 from openvtp.train.checkpoint import list_checkpoints, load_checkpoint
@@ -98,6 +98,20 @@ def integrate(velocity: VelocityFn, noise: torch.Tensor, method: str = "euler", 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     """(n,) labels cycling 0..num_classes-1: every class appears floor(n/K) or ceil(n/K) times."""
     return torch.arange(n, dtype=torch.long) % num_classes
+
+
+def random_labels(n: int, num_classes: int, seed: int) -> torch.Tensor:
+    """(n,) labels drawn uniformly at random, as LightningDiT's FID sampling does; a function of the seed alone."""
+    return torch.randint(0, num_classes, (n,), generator=seeding.generator(seed, seeding.LABELS, 0))
+
+
+def fid_labels(mode: str, n: int, num_classes: int, seed: int) -> torch.Tensor:
+    """The class labels of an FID run: "balanced" (each class floor(n/K) or ceil(n/K) times) or "random"."""
+    if mode == "balanced":
+        return balanced_labels(n, num_classes)
+    if mode == "random":
+        return random_labels(n, num_classes, seed)
+    raise OpenVTPError(f"unknown FID labels '{mode}' (choose from {', '.join(FID_LABELS)})")
 
 
 def sample_noise(indices: Sequence[int] | torch.Tensor, shape: Sequence[int], seed: int) -> torch.Tensor:

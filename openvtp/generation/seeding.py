@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-DATA, FLIP, NOISE, SAMPLE = 1, 2, 3, 4  # streams
+DATA, FLIP, NOISE, SAMPLE, LABELS = 1, 2, 3, 4, 5  # streams
 
 
 def counter_seed(seed: int, stream: int, counter: int) -> int:

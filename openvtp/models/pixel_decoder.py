@@ -9,11 +9,16 @@ from .config import VTPConfig
 from .layers import Block, RopeEmbedding, make_norm
 
 
+# The released decoder is built without an FFN ratio argument, so it always takes its default.
+DECODER_MLP_RATIO = 4.0
+
+
 class PixelDecoder(nn.Module):
     """Conv1x1(C -> Dd), blocks, norm, Conv1x1(Dd -> 3 p^2), PixelShuffle(p).
 
     The released model hard-codes p = 16; openvtp uses the trunk's patch size, which is the
-    same for every released checkpoint. The 1x1 convs are stored as convs (released keys) and
+    same for every released checkpoint. The FFN ratio is the released decoder's fixed 4, not
+    `vision_mlp_ratio` (which only the trunk reads). The 1x1 convs are stored as convs (released keys) and
     run as matmuls on channels-last tokens, which avoids two layout copies.
     """
 
@@ -24,7 +29,7 @@ class PixelDecoder(nn.Module):
         self.proj_in = nn.Conv2d(cfg.vision_feature_bottleneck, dim, kernel_size=1)
         self.rope_embed = RopeEmbedding(dim // heads)
         self.blocks = nn.ModuleList(
-            Block(dim, heads, cfg.vision_mlp_ratio, cfg.decoder_ffn_layer, cfg.decoder_norm_layer,
+            Block(dim, heads, DECODER_MLP_RATIO, cfg.decoder_ffn_layer, cfg.decoder_norm_layer,
                   qk_norm=cfg.decoder_use_qk_norm, init_values=cfg.decoder_init_values)
             for _ in range(cfg.decoder_depth))
         self.norm = make_norm(cfg.decoder_norm_layer, dim)

@@ -19,7 +19,7 @@ from torch import nn
 
 from openvtp.constants import IMAGENET_MEAN, IMAGENET_STD
 from openvtp.data.text import tokenize
-from openvtp.errors import OpenVTPError
+from openvtp.errors import MissingPartError, OpenVTPError
 
 from .config import VTPConfig
 from .io import CONFIG_NAME, check_state_dict, read_state_dict, resolve_model_dir, write_model_dir
@@ -94,9 +94,9 @@ class VTPModel(nn.Module):
 
     def _need(self, part: str) -> None:
         if part == "clip" and not self.config.train_clip:
-            raise OpenVTPError("this model has no text tower / CLIP head (train_clip is false)")
+            raise MissingPartError("this model has no text tower / CLIP head (train_clip is false)")
         if part == "rec" and not self.config.train_reconstruction:
-            raise OpenVTPError("this model has no pixel decoder (train_reconstruction is false)")
+            raise MissingPartError("this model has no pixel decoder (train_reconstruction is false)")
 
     # ------------------------------------------------------------------ vision
     def get_last_layer_feature(self, image: torch.Tensor, use_bottleneck: bool = False) -> dict[str, torch.Tensor]:
@@ -109,16 +109,19 @@ class VTPModel(nn.Module):
 
     def get_intermediate_layers_feature(self, image: torch.Tensor, n: int | Sequence[int] = 1, reshape: bool = False,
                                         return_class_token: bool = False, norm: bool = True):
-        """Outputs of the last n blocks (or the blocks listed), ascending; never bottlenecked.
+        """Outputs of the last n blocks, or of the blocks listed, in block order (as the released
+        code returns them, whatever the order asked); never bottlenecked.
 
         Returns a tuple of patch tokens (B, N, D), or of (patch tokens, class token) pairs;
         with reshape, patch tokens are (B, D, h, w).
         """
         self._check_images(image)
         depth = len(self.trunk.blocks)
-        wanted = list(range(depth - n, depth)) if isinstance(n, int) else list(n)
-        if not wanted or any(not 0 <= i < depth for i in wanted):
-            raise OpenVTPError(f"intermediate layers {n} out of range for a depth-{depth} trunk")
+        asked = list(range(depth - n, depth)) if isinstance(n, int) else list(n)
+        if not asked or any(not 0 <= i < depth for i in asked) or len(set(asked)) != len(asked):
+            raise OpenVTPError(f"intermediate layers {n}: need distinct block indices in [0, {depth}) "
+                               f"for a depth-{depth} trunk")
+        wanted = sorted(asked)
         _, kept = self.trunk.forward_blocks(image, keep=set(wanted))
         h, w = image.shape[-2] // self.trunk.patch_size, image.shape[-1] // self.trunk.patch_size
         out = []
@@ -182,18 +185,26 @@ class VTPModel(nn.Module):
 
     def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None,
                 forward_type: str = "clip") -> dict[str, torch.Tensor]:
-        """Released entry point: 'clip' (normalised features, exp(logit_scale)), 'rec' (latents,
-        reconstructed_image) or 'feature' (bottlenecked last-layer features)."""
+        """Released entry point: 'clip' (normalised features, exp(logit_scale), logit_bias if the
+        model has one), 'rec' (latents, reconstructed_image, target_image = the input) or
+        'feature' (bottlenecked last-layer features)."""
         if forward_type == "clip":
-            out = {"logit_scale": self.logit_scale.exp()}
+            self._need("clip")
+            out = {}
             if image is not None:
                 out["image_features"] = self.get_clip_image_feature(image, normalize=True)
             if text is not None:
                 out["text_features"] = self.get_clip_text_feature(text, normalize=True)
+            out["logit_scale"] = self.logit_scale.exp()
+            if self.logit_bias is not None:
+                out["logit_bias"] = self.logit_bias
             return out
+        if forward_type in ("rec", "feature") and image is None:
+            raise OpenVTPError(f"forward_type='{forward_type}' needs an image")
         if forward_type == "rec":
             latents = self.get_reconstruction_latents(image)
-            return {"latents": latents, "reconstructed_image": self.get_latents_decoded_images(latents)}
+            return {"latents": latents, "reconstructed_image": self.get_latents_decoded_images(latents),
+                    "target_image": image}
         if forward_type == "feature":
             return self.get_last_layer_feature(image, use_bottleneck=True)
         raise OpenVTPError(f"unknown forward_type '{forward_type}' (clip, rec, feature)")
