@@ -4,15 +4,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from openvtp.errors import OpenVTPError
+from openvtp.errors import Interrupted, OpenVTPError
+
+from .common import output_folder
 
 
 def cmd_pretrain(args) -> None:
     from openvtp.config.load import load_config
-    from openvtp.config.schema import PretrainConfig
-    from openvtp.train.loop import pretrain
+    from openvtp.config.schema import PretrainConfig, validate
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
+    validate(cfg)  # before torch is imported; pretrain() checks again with the real world size
+    output_folder(cfg.train.out_dir, "train.out_dir")
+    from openvtp.train.loop import pretrain
+
     summary = pretrain(cfg)
     if summary:
         print(json.dumps(summary, indent=2))
@@ -25,9 +30,6 @@ def cmd_demo(args) -> None:
     stage 2, the rest to stage 1; both configs are validated before any work starts."""
     from openvtp.config.load import load_config
     from openvtp.config.schema import FinetuneDecoderConfig, PretrainConfig, validate, validate_finetune
-    from openvtp.train.checkpoint import write_json_atomic
-    from openvtp.train.decoder_finetune import finetune_decoder
-    from openvtp.train.loop import pretrain
 
     if args.generation_budget < 0:
         raise OpenVTPError(f"--generation-budget must be >= 0 seconds, got {args.generation_budget}")
@@ -40,9 +42,16 @@ def cmd_demo(args) -> None:
                         *stage2_overrides])
     validate(cfg)
     validate_finetune(dcfg)
+    output_folder(out, "--out")
+    from openvtp.train.checkpoint import write_json_atomic
+    from openvtp.train.decoder_finetune import finetune_decoder
+    from openvtp.train.loop import pretrain
 
     summary = pretrain(cfg)
-    stage2 = finetune_decoder(dcfg)
+    try:
+        stage2 = finetune_decoder(dcfg)
+    except Interrupted as e:  # stage 1 is done: resuming the demo resumes stage 2 (stage 1 resumes at its end)
+        raise Interrupted(e.signum, e.saved, ("train.resume=latest", "decoder.train.resume=latest")) from None
     held = summary.get("heldout", {})
     if "psnr" in stage2.get("heldout", {}):
         held["psnr_decoder_finetuned"] = stage2["heldout"]["psnr"]
@@ -90,10 +99,14 @@ def cmd_demo(args) -> None:
 
 def cmd_finetune_decoder(args) -> None:
     from openvtp.config.load import load_config
-    from openvtp.config.schema import FinetuneDecoderConfig
+    from openvtp.config.schema import FinetuneDecoderConfig, validate_finetune
+
+    cfg = load_config(FinetuneDecoderConfig, args.config, [f"init={args.model}", *args.overrides])
+    validate_finetune(cfg)
+    output_folder(cfg.train.out_dir, "train.out_dir")
     from openvtp.train.decoder_finetune import finetune_decoder
 
-    summary = finetune_decoder(load_config(FinetuneDecoderConfig, args.config, [f"init={args.model}", *args.overrides]))
+    summary = finetune_decoder(cfg)
     if summary:
         print(json.dumps(summary, indent=2))
 
@@ -105,7 +118,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("demo", help="the main job on the embedded data (what `make demo` runs)")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="output folder (stage 2 in OUT/decoder, generation in "
+                                                        "OUT/generation)")
     p.add_argument("--generation-budget", type=float, default=660.0,
                    help="seconds for the generation half (latents, judge, DiT, samples); 0 skips it")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the demo preset")

@@ -10,13 +10,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from openvtp.errors import OpenVTPError
+from openvtp.files import temp_dir, temp_file
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -26,7 +26,7 @@ def _atomic_write(path: str | Path, write) -> None:
     """`write(f)` into a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -52,7 +52,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, config_yaml: st
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:07d}."))
+    tmp = temp_dir(root, final.name)
     try:
         torch.save({"format_version": FORMAT_VERSION, **state}, tmp / "state.pt")
         (tmp / "config.yaml").write_text(config_yaml)

@@ -28,6 +28,7 @@ from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
 from .data import build_loader
 from .logger import RunLogger
 from .loop import adamw, param_groups, precision_context
+from .run_folder import RunFolder
 from .schedules import warmup_cosine
 
 log = logging.getLogger("openvtp.train")
@@ -106,9 +107,15 @@ class DecoderGAN(nn.Module):
 
 
 def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
-    """Run stage 2; returns the summary (also written to out_dir/summary.json)."""
+    """Run stage 2; returns the summary (also written to out_dir/summary.json). The run folder, interrupts and
+    early failures behave as in pre-training (`RunFolder`)."""
     info = dist.init(cfg.train.device)
     validate_finetune(cfg, info.world_size)
+    with RunFolder(cfg.train.out_dir, "train.out_dir", info.rank == 0, info.device, cfg.train.resume) as run:
+        return _finetune_decoder(cfg, info, run)
+
+
+def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunFolder) -> dict:
     model = load_stage1(cfg.init)
     out = Path(cfg.train.out_dir)
     main = info.rank == 0
@@ -191,8 +198,12 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
         # ranks agree, or one would stop while the others wait in the next collective
         out_of_time = cfg.train.time_limit_s > 0 and dist.any_rank(time.time() - t_start > cfg.train.time_limit_s,
                                                                    info.device)
-        if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or out_of_time:
+        stop = run.step_done()
+        if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or out_of_time or stop:
             checkpoint(done)
+        if stop:
+            logger.close()
+            raise run.interrupted(stop, done)
         if out_of_time:
             logger.warn(f"time limit {cfg.train.time_limit_s:.0f}s reached at step {done}; stopping")
             break
