@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from openvtp.errors import OpenVTPError
@@ -30,6 +32,27 @@ def umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def follow_umask(path: str | Path) -> None:
+    """Give a file the mode `open` would have: safetensors' writer, like `tempfile`, creates files 0600."""
+    os.chmod(path, 0o666 & ~umask())
+
+
+def write_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' `save_file` with the user's umask, and an I/O failure (a full disk) raised as the OSError it is
+    (safetensors raises its own error type holding only the OS error's text)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+    follow_umask(path)
 
 
 def temp_file(parent: Path, name: str):
@@ -62,14 +85,25 @@ def remove_stale_temps(*folders: Path) -> list[Path]:
     return removed
 
 
-def os_error_message(e: OSError, action: str = "cannot write") -> str:
-    """'cannot write PATH: read-only file system' and the like, for the errors users hit on output locations."""
+def os_error_message(e: OSError, action: str = "") -> str:
+    """'PATH: read-only file system' and the like (after `action`, e.g. 'cannot create'), as one line."""
     reason = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
               errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
               errno.EEXIST: "a file is in the way", errno.ENOTDIR: "a file is in the way, not a folder",
-              errno.EISDIR: "is a folder"}.get(e.errno, (e.strerror or type(e).__name__).lower())
-    where = e.filename if e.filename is not None else ""
-    return f"{action} {where}: {reason}" if where else f"{action}: {reason}"
+              errno.EISDIR: "is a folder"}.get(e.errno, (e.strerror or str(e) or type(e).__name__).lower())
+    where = " ".join(w for w in (action, str(e.filename) if e.filename is not None else "") if w)
+    return f"{where}: {reason}" if where else reason
+
+
+@contextmanager
+def naming(path: str | Path):
+    """An OSError raised inside (a write through a file object) names `path` when it names no file."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def writable_dir(path: str | Path, what: str) -> list[Path]:
@@ -101,7 +135,8 @@ def writable_dir(path: str | Path, what: str) -> list[Path]:
         probe.unlink()
     except OSError as e:
         remove_created(created)
-        raise OpenVTPError(f"{what} {path}: cannot write there ({os_error_message(e).split(': ', 1)[-1]})") from None
+        e.filename = None
+        raise OpenVTPError(f"{what} {path}: cannot write there ({os_error_message(e)})") from None
     return created
 
 

@@ -10,20 +10,24 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
+from .common import non_negative_int, output_folder, positive_int
+
 SAMPLE_KEYS = ("sample.", "fid.")
 
 
 def cmd_extract_latents(args) -> None:
+    if args.data != "embedded" and ".tar" not in Path(args.data).name and not Path(args.data).exists():
+        raise OpenVTPError(f"--data {args.data}: no such file or folder (or use 'embedded')")
+    output_folder(args.out, "--out")
     from openvtp.generation.latents import extract_latents
     from openvtp.generation.sources import open_source
     from openvtp.models import VTPModel
 
-    if args.data != "embedded" and ".tar" not in Path(args.data).name and not Path(args.data).exists():
-        raise OpenVTPError(f"--data {args.data}: no such file or folder (or use 'embedded')")
     model = VTPModel.from_pretrained(args.model, revision=args.revision)
+    p = model.config.vision_patch_size
+    if args.size is not None and args.size % p:
+        raise OpenVTPError(f"--size {args.size} is not a multiple of the patch size {p} of {args.model}")
     size = args.size or model.config.image_size
-    if size % model.config.vision_patch_size:
-        raise OpenVTPError(f"--size {size} is not a multiple of the patch size {model.config.vision_patch_size}")
     dataset, classes = open_source(args.data, size, args.num, args.seed, args.labels)
     out = extract_latents(model, dataset, args.out, image_size=size, batch_size=args.batch_size,
                           shard_size=args.shard_size, stats_num=args.stats_num, seed=args.seed, device=args.device,
@@ -47,6 +51,10 @@ def cmd_train_dit(args) -> None:
 
     cfg = load_config(GenerationConfig, args.config, args.overrides)
     validate(cfg)
+    if not cfg.data.latents_dir or not Path(cfg.data.latents_dir).is_dir():
+        raise OpenVTPError(f"data.latents_dir={cfg.data.latents_dir!r}: no such folder "
+                           "(write one with openvtp extract-latents)")
+    output_folder(cfg.train.run_dir, "train.run_dir")
     history = train_dit(cfg)
     if dist.is_main():
         from openvtp.train.checkpoint import list_checkpoints
@@ -96,6 +104,7 @@ def cmd_sample(args) -> None:
     tokenizer = args.tokenizer or cfg.data.tokenizer
     if not tokenizer:
         raise OpenVTPError("no tokenizer to decode samples: pass --tokenizer MODEL")
+    output_folder(args.out, "--out")
     npz = sample(ckpt, args.out, scfg, tokenizer=tokenizer, labels=labels,
                  device=args.device, grid_nrow=args.per_class if labels is not None else None)
     from openvtp.train import dist
@@ -121,7 +130,13 @@ def cmd_gfid(args) -> None:
     tokenizer = args.tokenizer or cfg.data.tokenizer
     if not tokenizer:
         raise OpenVTPError("no tokenizer to decode samples: pass --tokenizer MODEL")
-    result = gfid(ckpt, reference, overrides=scfg, tokenizer=tokenizer, inception=args.inception or cfg.fid.inception,
+    weights = args.fid_weights or cfg.fid.inception
+    if weights not in ("auto", "random") and not Path(weights).is_file():
+        raise OpenVTPError(f"--fid-weights: file not found: {weights} (or use auto, random)")
+    for path, flag in ((args.out, "--out"), (args.save_npz, "--save-npz")):
+        if path:
+            output_folder(Path(path).absolute().parent, flag)
+    result = gfid(ckpt, reference, overrides=scfg, tokenizer=tokenizer, inception=weights,
                   save_npz=args.save_npz, device=args.device)
     from openvtp.train import dist
 
@@ -139,6 +154,7 @@ def cmd_demo_generation(args) -> None:
 
     if not Path(args.tokenizer).is_dir():
         raise OpenVTPError(f"tokenizer folder not found: {args.tokenizer} (run openvtp demo first)")
+    output_folder(args.out, "--out")
     summary = run_generation_demo(args.tokenizer, args.out, time_budget_s=args.budget, seed=args.seed,
                                   condition=args.condition, overrides=tuple(args.overrides))
     f = summary["figures"]
@@ -154,8 +170,9 @@ def cmd_demo_generation(args) -> None:
 def _sampling_args(p) -> None:
     p.add_argument("checkpoint", help="DiT checkpoint folder (step_XXXXXXX) or run folder (its newest checkpoint)")
     p.add_argument("--tokenizer", default="", help="VTP checkpoint that decodes the latents (default: data.tokenizer)")
-    p.add_argument("--num-samples", type=int, default=None, help="default: sample.num_samples of the checkpoint")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--num-samples", type=positive_int, default=None,
+                   help="default: sample.num_samples of the checkpoint")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("overrides", nargs="*",
                    help="sample.* / fid.* overrides, e.g. sample.method=heun sample.cfg_scale=2")
 
@@ -168,16 +185,18 @@ def register(sub) -> None:
                    help="'embedded', a class folder, a .csv/.jsonl caption file, or webdataset .tar shards "
                         "(brace patterns allowed)")
     p.add_argument("--out", required=True, help="output folder (an unfinished one is resumed)")
-    p.add_argument("--size", type=int, default=0, help="ADM centre crop side (default: the model's image size)")
-    p.add_argument("--num", type=int, default=0, help="first N images only (embedded: how many scenes, default 50k)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="ADM centre crop side (default: the model's image_size)")
+    p.add_argument("--num", type=non_negative_int, default=0,
+                   help="first N images only, 0: all (embedded: how many scenes; 0 means 50k)")
     p.add_argument("--labels", default="shape", choices=("shape", "shape_colour"),
                    help="embedded data: what the class label is")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--shard-size", type=int, default=10_000, help="images per output shard")
-    p.add_argument("--stats-num", type=int, default=10_000, help="random latents for the mean/std statistics")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--shard-size", type=positive_int, default=10_000, help="images per output shard")
+    p.add_argument("--stats-num", type=positive_int, default=10_000, help="random latents for the mean/std statistics")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="data loader workers")
+    p.add_argument("--seed", type=int, default=0, help="seed of the statistics' random subset")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.set_defaults(func=cmd_extract_latents)
 
     p = sub.add_parser("train-dit", help="train a LightningDiT on extracted latents (torchrun for several GPUs)")
@@ -189,8 +208,9 @@ def register(sub) -> None:
     p.add_argument("tokenizer", help="tokenizer folder, e.g. runs/demo/decoder/tokenizer")
     p.add_argument("--out", default="runs/demo", help="run folder; writes OUT/generation/")
     p.add_argument("--budget", type=float, default=720.0, help="seconds for the whole generation half")
-    p.add_argument("--condition", default="shape_colour", choices=("shape_colour", "shape"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--condition", default="shape_colour", choices=("shape_colour", "shape"),
+                   help="what the DiT is conditioned on")
+    p.add_argument("--seed", type=int, default=0, help="seed of every phase")
     p.add_argument("overrides", nargs="*", help="dit-demo preset overrides, e.g. train.lr=5e-4")
     p.set_defaults(func=cmd_demo_generation)
 
@@ -198,14 +218,16 @@ def register(sub) -> None:
     _sampling_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--labels", default="", help="comma-separated classes (default: class-balanced)")
-    p.add_argument("--per-class", type=int, default=1,
+    p.add_argument("--per-class", type=positive_int, default=1,
                    help="samples per listed class, one grid row per class (with no --labels: every class)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("gfid", help="FID of class-balanced DiT samples against reference statistics or a folder")
     _sampling_args(p)
     p.add_argument("--reference", default="", help="ADM reference batch / stats .npz, or an image folder")
-    p.add_argument("--inception", default="", help="FID Inception weights: auto, a local file, or random (tests)")
+    p.add_argument("--fid-weights", default="",
+                   help="FID Inception: auto, a local file, or random (tests only); default: the checkpoint's "
+                        "fid.inception")
     p.add_argument("--save-npz", default=None, help="also write the samples in ADM's .npz layout")
     p.add_argument("--out", default=None, help="write the result as JSON")
     p.set_defaults(func=cmd_gfid)

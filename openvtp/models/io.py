@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from openvtp.errors import OpenVTPError
-from openvtp.files import temp_dir
+from openvtp.files import temp_dir, write_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -79,8 +79,8 @@ def write_model_dir(path: str | os.PathLike, config_dict: dict, state: dict[str,
     tmp = temp_dir(path.parent, path.name)
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2) + "\n")
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_NAME),
-                  metadata={"format": "pt"})
+        write_safetensors({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp / WEIGHTS_NAME,
+                          metadata={"format": "pt"})
         if path.exists():
             old = temp_dir(path.parent, f"{path.name}.old")
             os.replace(path, old / "x")

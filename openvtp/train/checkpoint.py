@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from openvtp.errors import OpenVTPError
-from openvtp.files import temp_dir, temp_file
+from openvtp.files import naming, temp_dir, temp_file
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -28,7 +28,7 @@ def _atomic_write(path: str | Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file(path.parent, path.name)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -54,10 +54,11 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, config_yaml: st
     final = root / f"step_{step:07d}"
     tmp = temp_dir(root, final.name)
     try:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp / "state.pt")
-        (tmp / "config.yaml").write_text(config_yaml)
-        with open(tmp / "state.pt", "rb") as f:
+        with naming(final), open(tmp / "state.pt", "wb") as f:  # a full disk: OSError, not torch's RuntimeError
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
             os.fsync(f.fileno())
+        (tmp / "config.yaml").write_text(config_yaml)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

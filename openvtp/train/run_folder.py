@@ -158,12 +158,13 @@ class RunFolder:
             else:
                 entry.unlink(missing_ok=True)
 
-    def step_done(self) -> int:
+    def step_done(self, agree: bool = True) -> int:
         """Call once per step, after the step: records that work was done, and returns the signal (SIGINT or
-        SIGTERM) that asks the run to stop now, or 0. Under torchrun every rank gets the same answer."""
+        SIGTERM) that asks the run to stop now, or 0. agree: every rank gets the same answer (a collective, so
+        every rank must call it at the same steps); without it each rank answers for itself."""
         self.worked = True
-        return self.signals.requested(self.device)
+        return self.signals.requested(self.device if agree else None)
 
-    def interrupted(self, signum: int, step: int) -> Interrupted:
-        """The exception to raise once the checkpoint of `step` is written."""
-        return Interrupted(signum, f"checkpoint of step {step} in {self.path / 'checkpoints'}", self.resume)
+    def interrupted(self, signum: int, step: int, saved: str = "") -> Interrupted:
+        """The exception to raise once the checkpoint of `step` (or what `saved` says) is written."""
+        return Interrupted(signum, saved or f"checkpoint of step {step} in {self.path / 'checkpoints'}", self.resume)
