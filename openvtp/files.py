@@ -97,13 +97,17 @@ def os_error_message(e: OSError, action: str = "") -> str:
 
 @contextmanager
 def naming(path: str | Path):
-    """An OSError raised inside (a write through a file object) names `path` when it names no file."""
+    """An OSError raised inside (a write through a file object) names `path` when it names no file. torch.save
+    buries a full disk under a RuntimeError of its zip writer ('unexpected pos'): the OSError is dug out."""
     try:
         yield
-    except OSError as e:
-        if e.filename is not None:
+    except (OSError, RuntimeError) as e:
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
             raise
-        raise OSError(e.errno, e.strerror, str(path)) from None
+        raise OSError(cause.errno, cause.strerror, cause.filename or str(path)) from None
 
 
 def writable_dir(path: str | Path, what: str) -> list[Path]:

@@ -108,7 +108,7 @@ def test_a_second_run_into_a_live_folder_fails_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"train.out_dir {tmp_path} is in use by a live run: pid {os.getpid()} on " \
                                f"{socket.gethostname()}" in err[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK, "metrics.jsonl"]  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", LOCK]  # untouched
     assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"
 
 

@@ -24,10 +24,7 @@ def cmd_extract_latents(args) -> None:
     from openvtp.models import VTPModel
 
     model = VTPModel.from_pretrained(args.model, revision=args.revision)
-    p = model.config.vision_patch_size
-    if args.size is not None and args.size % p:
-        raise OpenVTPError(f"--size {args.size} is not a multiple of the patch size {p} of {args.model}")
-    size = args.size or model.config.image_size
+    size = model.config.resolution(args.size, args.model)
     dataset, classes = open_source(args.data, size, args.num, args.seed, args.labels)
     out = extract_latents(model, dataset, args.out, image_size=size, batch_size=args.batch_size,
                           shard_size=args.shard_size, stats_num=args.stats_num, seed=args.seed, device=args.device,

@@ -70,10 +70,7 @@ def cmd_reconstruct(args) -> None:
 
     names = recon_names(args.images)
     model = load_model(args.model, args.revision)
-    p = model.config.vision_patch_size
-    if args.size is not None and args.size % p:
-        raise OpenVTPError(f"--size {args.size} is not a multiple of the patch size {p} of {args.model}")
-    size = args.size or model.config.image_size
+    size = model.config.resolution(args.size, args.model)
     images = [read_image(path, size, mode="crop") for path in args.images]  # read all first: fail before work
     out = output_folder(args.out, "--out")
     for path, img, name in zip(args.images, images, names):

@@ -69,10 +69,7 @@ def load_model(spec: str, name: str, device: torch.device, size: int | None = No
 
     model_dir = resolve_model_dir(spec, revision)
     model = VTPModel.from_pretrained(model_dir).eval().requires_grad_(False).to(device)
-    size = size or model.config.image_size
-    p = model.config.vision_patch_size
-    if size % p:
-        raise OpenVTPError(f"--size {size} is not a multiple of the patch size {p} of {spec}")
+    size = model.config.resolution(size, spec)
     return LoadedModel(name, spec, model, model_fingerprint(model_dir), size, device)
 
 
