@@ -158,6 +158,7 @@ def _extract(run: RunFolder, device: torch.device, tokenizer: nn.Module, dataset
     todo = [k for k in mine if not (out / SHARD.format(k)).is_file()]
     bar = tqdm(total=sum(min(shard_size, n - k * shard_size) for k in todo), desc="extract latents", unit="img",
                disable=not (progress and dist.is_main()))
+    run.on_exit(bar.close)
     for k in todo:
         start, end = k * shard_size, min(n, (k + 1) * shard_size)
         lat, lat_flip, labels, captions = _read_partial(out, k)  # resume inside the shard
@@ -173,7 +174,6 @@ def _extract(run: RunFolder, device: torch.device, tokenizer: nn.Module, dataset
             bar.update(len(items))
             stop = run.step_done(agree=False)  # ranks extract different shards: each stops on its own
             if stop and start + len(labels) < end:
-                bar.close()
                 if any(c is not None for c in captions):
                     (out / PARTIAL_CAPTIONS.format(k)).write_text(json.dumps(captions))
                 _write_shard(out / PARTIAL.format(k), {"latents": torch.cat(lat), "latents_flip": torch.cat(lat_flip),

@@ -202,6 +202,9 @@ def _train_dit(cfg: GenerationConfig, info: dist.DistInfo, run: RunFolder,
     t_start = time.perf_counter()
     bar = tqdm(total=tc.steps, initial=step, desc="train dit", unit="step",
                disable=not (tc.progress and dist.is_main()))
+    run.on_exit(bar.close)
+    if writer is not None:
+        run.on_exit(writer.close)
     t_last, step_last = time.perf_counter(), step
     for x, y in loader:
         # randomness of the whole global batch from (seed, step); this rank takes its slice
@@ -247,9 +250,6 @@ def _train_dit(cfg: GenerationConfig, info: dist.DistInfo, run: RunFolder,
         if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or out_of_time or stop:
             save(step)
         if stop:
-            bar.close()
-            if writer is not None:
-                writer.close()
             raise run.interrupted(stop, step)
         if out_of_time and step < tc.steps:
             log.info("time limit %.0fs reached at step %d; stopping", tc.time_limit_s, step)

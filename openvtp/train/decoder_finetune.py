@@ -146,6 +146,7 @@ def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunF
     pcfg = reconstruction_data_config(cfg, model)
     loader = build_loader(pcfg, info.rank, info.world_size, start)
     logger = RunLogger(out, pcfg, start, enabled=main, desc="finetune-decoder")
+    run.on_exit(logger.close)
     config_yaml = (out / "config.yaml").read_text() if main else ""
     heldout, before = None, {}
     if main and cfg.data.source == "embedded":
@@ -202,7 +203,6 @@ def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunF
         if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or out_of_time or stop:
             checkpoint(done)
         if stop:
-            logger.close()
             raise run.interrupted(stop, done)
         if out_of_time:
             logger.warn(f"time limit {cfg.train.time_limit_s:.0f}s reached at step {done}; stopping")

@@ -113,6 +113,7 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
             log.info("resumed from %s at step %d", resume_from, start)
     loader = build_loader(cfg, info.rank, info.world_size, start)
     logger = RunLogger(out, cfg, start, enabled=main)
+    run.on_exit(logger.close)
 
     total, bad_streak, step = cfg.train.steps, 0, start
     t_start = time.time()
@@ -194,7 +195,6 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         if done % cfg.train.ckpt_every == 0 or done == total or out_of_time or stop:
             checkpoint(done)
         if stop:
-            logger.close()
             raise run.interrupted(stop, done)
         if out_of_time:
             logger.warn(f"time limit {cfg.train.time_limit_s:.0f}s reached at step {done}; stopping")

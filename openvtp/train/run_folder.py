@@ -106,6 +106,7 @@ class RunFolder:
         self.resume_setting, self.resume = resume_setting, resume
         self.signals = StopSignals()
         self.worked = False
+        self._on_exit: list = []
         self._fd: int | None = None
         self._created: list[Path] = []
         self._before: set[str] = set()
@@ -136,8 +137,14 @@ class RunFolder:
         if self.resume_setting == "latest" and not list_checkpoints(self.path):
             log.warning("train.resume=latest: no checkpoint in %s yet; starting at step 0", self.path / "checkpoints")
 
+    def on_exit(self, close) -> None:
+        """Call `close()` when the run ends, however it ends: a progress bar closed before an error is printed."""
+        self._on_exit.append(close)
+
     def __exit__(self, exc_type, exc, tb) -> None:
         self.signals.__exit__()
+        for close in reversed(self._on_exit):
+            close()
         if self._fd is None:
             return
         try:
