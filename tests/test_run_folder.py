@@ -156,13 +156,16 @@ def test_extraction_interrupted_inside_a_shard_resumes_to_the_same_latents(tmp_p
     from openvtp.models import VTPConfig, VTPModel
 
     class SignalAt(torch.utils.data.Dataset):
-        def __init__(self, data, at):
-            self.data, self.at = data, at
+        """The data, with SIGTERM while item `at` is read; records what was read."""
+
+        def __init__(self, data, at=None):
+            self.data, self.at, self.read = data, at, []
 
         def __len__(self):
             return len(self.data)
 
         def __getitem__(self, i):
+            self.read.append(i)
             if i == self.at:
                 term_self()
             return self.data[i]
@@ -175,7 +178,9 @@ def test_extraction_interrupted_inside_a_shard_resumes_to_the_same_latents(tmp_p
         extract_latents(vtp, SignalAt(data, 5), tmp_path / "cut", **kw)
     assert e.value.signum == signal.SIGTERM and "8 images of shard 0" in e.value.saved
     assert (tmp_path / "cut" / "partial_latents_00000.safetensors").is_file()
-    extract_latents(vtp, data, tmp_path / "cut", **kw)
+    rest = SignalAt(data)
+    extract_latents(vtp, rest, tmp_path / "cut", **kw)
+    assert not set(rest.read) & set(range(1, 8))  # the 8 images kept are not encoded again
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == sorted(p.name for p in whole.iterdir())
     for name in ("latents_00000.safetensors", "latents_00001.safetensors"):
         a, b = load_file(whole / name), load_file(tmp_path / "cut" / name)
@@ -218,24 +223,26 @@ def test_eval_interrupted_inside_a_chunk_resumes_to_the_same_results(tmp_path, m
     from openvtp.eval.datasets import EvalSet
 
     load = EvalSet.load
-    calls = []
+    calls, term_at = [], [None]
 
-    def term_at_image_2(self, pos, *args, **kwargs):
+    def counted(self, pos, *args, **kwargs):
         calls.append(pos)
-        if len(calls) == 2:
+        if len(calls) == term_at[0]:
             term_self()
         return load(self, pos, *args, **kwargs)
 
+    monkeypatch.setattr(EvalSet, "load", counted)
     argv = ["eval", MODEL, "--data", "embedded", "--tasks", "knn", "--limit", "12", "--train-limit", "12",
             "--chunk-size", "8", "--batch-size", "4", "--workers", "0", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
-    monkeypatch.setattr(EvalSet, "load", term_at_image_2)
+    whole_reads, term_at[0] = len(calls), len(calls) + 2
     assert main([*argv, "--out", str(tmp_path / "cut")]) == 128 + signal.SIGTERM
-    monkeypatch.setattr(EvalSet, "load", load)
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("openvtp eval: stopped by SIGTERM; features of ") and " up to image 4 of 12" in line
     assert len(list((tmp_path / "cut" / "cache").rglob("partial_00000.safetensors"))) == 1
+    calls.clear()
     assert main(shlex.split(line.split("; resume with: ", 1)[1])[1:]) == 0
+    assert len(calls) == whole_reads - 4  # the 4 images of the unfinished chunk are not read again
     assert not list((tmp_path / "cut" / "cache").rglob("partial_*"))
     a, b = ({model: [e.get("metrics") for e in entries]
              for model, entries in json.loads((tmp_path / run / "results.json").read_text())["results"].items()}

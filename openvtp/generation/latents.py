@@ -143,7 +143,7 @@ def _extract(run: RunFolder, device: torch.device, tokenizer: nn.Module, dataset
              stats_num: int, seed: int, num_workers: int, progress: bool) -> Path:
     n = len(dataset)
     if n == 0:
-        raise OpenVTPError("extract_latents: the dataset is empty")
+        raise OpenVTPError("no images to encode: the data is empty")
     if (out / INDEX).is_file():
         old = json.loads((out / INDEX).read_text())
         if old["num_images"] != n or old["shard_size"] != shard_size:
