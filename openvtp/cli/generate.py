@@ -48,9 +48,6 @@ def cmd_train_dit(args) -> None:
 
     cfg = load_config(GenerationConfig, args.config, args.overrides)
     validate(cfg)
-    if not cfg.data.latents_dir or not Path(cfg.data.latents_dir).is_dir():
-        raise OpenVTPError(f"data.latents_dir={cfg.data.latents_dir!r}: no such folder "
-                           "(write one with openvtp extract-latents)")
     output_folder(cfg.train.run_dir, "train.run_dir")
     history = train_dit(cfg)
     if dist.is_main():
