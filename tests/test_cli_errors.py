@@ -182,10 +182,15 @@ def test_help_shows_defaults_and_one_name_for_fid_weights():
 def test_the_cli_answers_help_and_config_mistakes_without_torch(tmp_path):
     """What makes `openvtp --help` fast (benchmarks/cli_startup.py times it): torch is not imported."""
     code = ("import sys\nfrom openvtp.cli import main\n"
-            "for argv in (['pretrain', '--config', 'demo', 'optim.lr=-1'], ['finetune-decoder', 'x', 'train.steps=0']):\n"
+            "for argv in (['pretrain', '--config', 'demo', 'optim.lr=-1'], ['finetune-decoder', 'x', 'train.steps=0'],\n"
+            "             ['train-dit', '--config', 'dit-demo', 'flow.timestep_sampling=cosine']):\n"
             "    assert main(argv) == 1\n"
             "try:\n    main(['eval', '--help'])\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
+    from openvtp.generation.config import TIMESTEP_SAMPLING
+    from openvtp.losses.flow import TIMESTEP_SAMPLING as modes
+
+    assert TIMESTEP_SAMPLING == modes  # named twice so that configs load without torch

@@ -43,12 +43,13 @@ def cmd_extract_latents(args) -> None:
 def cmd_train_dit(args) -> None:
     from openvtp.config.load import load_config
     from openvtp.generation.config import GenerationConfig, validate
-    from openvtp.generation.train import train_dit
-    from openvtp.train import dist
 
     cfg = load_config(GenerationConfig, args.config, args.overrides)
     validate(cfg)
     output_folder(cfg.train.run_dir, "train.run_dir")
+    from openvtp.generation.train import train_dit
+    from openvtp.train import dist
+
     history = train_dit(cfg)
     if dist.is_main():
         from openvtp.train.checkpoint import list_checkpoints
