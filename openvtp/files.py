@@ -69,14 +69,15 @@ def temp_dir(parent: Path, name: str) -> Path:
     return tmp
 
 
-def remove_stale_temps(*folders: Path) -> list[Path]:
-    """Remove what killed atomic writes left in `folders` (call only while no other process writes there)."""
+def remove_stale_temps(*folders: Path, prefixes: tuple[str, ...] = ()) -> list[Path]:
+    """Remove what killed atomic writes left in `folders` (call only while no other process writes there), and
+    entries whose names start with one of `prefixes` (temporary names of earlier versions)."""
     removed = []
     for folder in folders:
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
-            if entry.name.startswith(".") and TEMP_MARK in entry.name:
+            if entry.name.startswith(".") and (TEMP_MARK in entry.name or entry.name.startswith(prefixes)):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:

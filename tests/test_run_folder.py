@@ -119,11 +119,13 @@ def test_a_stale_lock_is_reported_and_taken_over(tmp_path, caplog):
     leftover = tmp_path / "checkpoints" / ".step_0000002.tmp-k1ll3d"  # a checkpoint write killed half-way
     leftover.mkdir(parents=True)
     (leftover / "state.pt").write_bytes(b"half")
+    older = tmp_path / "checkpoints" / ".step_0000001.x7yz2ab_"  # the same, as openvtp named it before issue 18
+    older.mkdir()
     with caplog.at_level("WARNING", logger="openvtp"):
         assert main([*ARGS, "train.steps=1", f"train.out_dir={tmp_path}", "train.resume=latest"]) == 0
     assert f"taking over a stale lock (pid {dead.pid} on {socket.gethostname()}" in caplog.text
     assert "no checkpoint in" in caplog.text and "starting at step 0" in caplog.text
-    assert not leftover.exists() and not (tmp_path / LOCK).exists()
+    assert not leftover.exists() and not older.exists() and not (tmp_path / LOCK).exists()
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000001"]
 
 

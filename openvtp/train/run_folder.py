@@ -97,6 +97,8 @@ class RunFolder:
     """Context manager a loop holds around its work in `path` (see the module docstring).
 
     what: the setting that names the folder in messages (`train.out_dir`, `train.run_dir`, `--out`).
+    main: whether this process holds the lock and tidies the folder (rank 0). device: for the ranks to agree.
+    resume_setting: the run's `train.resume`; 'latest' with no checkpoint to resume is reported, not an error.
     resume: the overrides that resume this run from its newest checkpoint, for the interrupt message.
     """
 
@@ -116,7 +118,7 @@ class RunFolder:
         if self.main:
             try:
                 self._open()
-            except OpenVTPError as e:
+            except Exception as e:  # every rank must hear of it, or the others would wait for rank 0 for ever
                 error = e
         if self.device is not None:
             from . import dist
@@ -131,8 +133,12 @@ class RunFolder:
     def _open(self) -> None:
         self._created = writable_dir(self.path, self.what)
         self._before = {p.name for p in self.path.iterdir()}
-        self._fd = take_lock(self.path / LOCK, self.what)
-        for leftover in remove_stale_temps(self.path, self.path / "checkpoints"):
+        try:
+            self._fd = take_lock(self.path / LOCK, self.what)
+        except BaseException:
+            remove_created(self._created)
+            raise
+        for leftover in remove_stale_temps(self.path, self.path / "checkpoints", prefixes=(".step_",)):
             log.warning("removed %s, left by a write that was killed before it finished", leftover)
         if self.resume_setting == "latest" and not list_checkpoints(self.path):
             log.warning("train.resume=latest: no checkpoint in %s yet; starting at step 0", self.path / "checkpoints")
@@ -143,17 +149,25 @@ class RunFolder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.signals.__exit__()
-        for close in reversed(self._on_exit):
-            close()
-        if self._fd is None:
-            return
         try:
-            if exc_type is not None and not self.worked:
+            for close in reversed(self._on_exit):
+                try:
+                    close()
+                except Exception:
+                    if exc_type is None:  # otherwise the error that ended the run is the one to report
+                        raise
+        finally:
+            if self._fd is not None:
+                self._release(failed_early=exc_type is not None and not self.worked)
+
+    def _release(self, failed_early: bool) -> None:
+        try:
+            if failed_early:
                 self._remove_new_entries()
         finally:
             release_lock(self.path / LOCK, self._fd)
             self._fd = None
-            if exc_type is not None and not self.worked:
+            if failed_early:
                 remove_created(self._created)
 
     def _remove_new_entries(self) -> None:
