@@ -188,7 +188,8 @@ def register(sub) -> None:
                    help="embedded data: what the class label is")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--shard-size", type=positive_int, default=10_000, help="images per output shard")
-    p.add_argument("--stats-num", type=positive_int, default=10_000, help="random latents for the mean/std statistics")
+    p.add_argument("--stats-num", type=non_negative_int, default=10_000,
+                   help="random latents for the mean/std statistics (0: none)")
     p.add_argument("--workers", type=non_negative_int, default=0, help="data loader workers")
     p.add_argument("--seed", type=int, default=0, help="seed of the statistics' random subset")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
