@@ -154,7 +154,8 @@ def test_reconstruct_gives_images_with_the_same_name_distinct_outputs(tmp_path, 
 def test_flag_mistakes_name_the_flag(tmp_path, two_images, capsys):
     with pytest.raises(SystemExit) as e:
         main(["reconstruct", MODEL, str(two_images[0]), "--out", str(tmp_path / "d"), "--size", "-16"])
-    assert e.value.code == 2 and "argument --size: must be a positive integer, got -16" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "argument --size: must be a positive integer, got -16" in err[0]
     assert main(["reconstruct", MODEL, str(tmp_path / "a"), "--out", str(tmp_path / "d")]) == 1
     assert f"{tmp_path / 'a'} is a folder, not an image file" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
