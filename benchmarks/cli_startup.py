@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MISTAKES = [  # (what, argv): errors the CLI answers before importing torch
+MISTAKES = [  # (what, argv): errors that need no model
     ("unknown config key", ["pretrain", "--config", "demo", "train.stepz=1"]),
     ("impossible config value", ["pretrain", "--config", "demo", "optim.lr=-1"]),
     ("invalid YAML", ["pretrain", "--config", "{bad_yaml}"]),
@@ -23,6 +23,10 @@ MISTAKES = [  # (what, argv): errors the CLI answers before importing torch
     ("negative --size", ["reconstruct", "MODEL", "x.png", "--out", "d", "--size", "-16"]),
     ("missing --data", ["extract-latents", "MODEL", "--data", "/nonexistent", "--out", "d"]),
     ("unknown DiT config key", ["train-dit", "--config", "dit-demo", "train.stepz=1"]),
+    ("fid of missing folders", ["fid", "/nonexistent/a", "/nonexistent/b"]),
+    ("sample from a missing run", ["sample", "/nonexistent/run", "--out", "d"]),
+    ("eval, unknown --tasks (checked by the eval suite, which imports torch)",
+     ["eval", "MODEL", "--data", "embedded", "--tasks", "foo"]),
 ]
 
 

@@ -71,18 +71,6 @@ def _is_stats(path: Path) -> bool:
 
 
 def cmd_fid(args) -> None:
-    from openvtp.eval.fid import (
-        InceptionFeatures,
-        feature_statistics,
-        frechet_distance,
-        image_set_features,
-        load_stats,
-        save_stats,
-    )
-
-    from openvtp.eval.suite import check_device
-
-    device = None if check_device(args.device) == "auto" else args.device
     sides = [Path(args.a)] + ([Path(args.b)] if args.b else [])
     if args.b is None and not args.save_stats:
         raise OpenVTPError("give two image sets / statistics files to compare, or one with --save-stats OUT.npz")
@@ -95,6 +83,17 @@ def cmd_fid(args) -> None:
         raise OpenVTPError(f"--fid-weights: file not found: {args.fid_weights} (or use auto, random)")
     if args.save_stats:
         output_folder(Path(args.save_stats).absolute().parent, "--save-stats")
+    from openvtp.eval.fid import (
+        InceptionFeatures,
+        feature_statistics,
+        frechet_distance,
+        image_set_features,
+        load_stats,
+        save_stats,
+    )
+    from openvtp.eval.suite import check_device
+
+    device = None if check_device(args.device) == "auto" else args.device
     extractor = None
     stats, info = [], []
     for path in sides:

@@ -63,11 +63,14 @@ def _checkpoint_config(checkpoint: str, overrides: list[str]):
     """The config stored with a DiT checkpoint, with `sample.*` / `fid.*` overrides applied and validated."""
     from openvtp.config.load import load_config
     from openvtp.generation.config import GenerationConfig, validate
-    from openvtp.generation.sample import resolve_dit_checkpoint
 
     bad = [o for o in overrides if not o.startswith(SAMPLE_KEYS)]
     if bad:
         raise OpenVTPError(f"only sample.* and fid.* settings can be overridden here, got '{bad[0]}'")
+    if not Path(checkpoint).is_dir():  # before torch is imported
+        raise OpenVTPError(f"no DiT checkpoint at {checkpoint} (expected state.pt or checkpoints/step_*/)")
+    from openvtp.generation.sample import resolve_dit_checkpoint
+
     ckpt = resolve_dit_checkpoint(checkpoint)
     if not (ckpt / "config.yaml").is_file():
         raise OpenVTPError(f"{ckpt} has no config.yaml: not a DiT checkpoint written by openvtp train-dit")
@@ -91,9 +94,9 @@ def _labels(args, num_classes: int):
 def cmd_sample(args) -> None:
     from dataclasses import replace
 
+    ckpt, cfg = _checkpoint_config(args.checkpoint, args.overrides)
     from openvtp.generation.sample import sample
 
-    ckpt, cfg = _checkpoint_config(args.checkpoint, args.overrides)
     scfg = cfg.sample if args.num_samples is None else replace(cfg.sample, num_samples=args.num_samples)
     labels = _labels(args, cfg.data.num_classes)
     tokenizer = args.tokenizer or cfg.data.tokenizer
@@ -112,9 +115,6 @@ def cmd_sample(args) -> None:
 def cmd_gfid(args) -> None:
     from dataclasses import replace
 
-    from openvtp.generation.gfid import gfid
-    from openvtp.train.checkpoint import write_json_atomic
-
     ckpt, cfg = _checkpoint_config(args.checkpoint, args.overrides)
     scfg = cfg.sample if args.num_samples is None else replace(cfg.sample, num_samples=args.num_samples)
     reference = args.reference or cfg.fid.reference
@@ -131,6 +131,9 @@ def cmd_gfid(args) -> None:
     for path, flag in ((args.out, "--out"), (args.save_npz, "--save-npz")):
         if path:
             output_folder(Path(path).absolute().parent, flag)
+    from openvtp.generation.gfid import gfid
+    from openvtp.train.checkpoint import write_json_atomic
+
     result = gfid(ckpt, reference, overrides=scfg, tokenizer=tokenizer, inception=weights,
                   save_npz=args.save_npz, device=args.device)
     from openvtp.train import dist
