@@ -90,7 +90,7 @@ def _folder(path, seed, n, smooth=False):
 
 
 def fid_json(capsys, *args):
-    assert main(["fid", *args, "--weights", "random", "--json"]) == 0
+    assert main(["fid", *args, "--fid-weights", "random", "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 

@@ -85,7 +85,7 @@ def test_extract_train_sample_gfid(work, capsys, monkeypatch):
     scenes = CaptionedScenes("heldout", 64, 8)
     for i in range(8):
         Image.fromarray(scenes[i]["image"].permute(1, 2, 0).numpy()).save(ref / f"{i}.png")
-    rc, out, err = run_cli(capsys, "gfid", run, "--tokenizer", work / "tok", "--reference", ref, "--inception",
+    rc, out, err = run_cli(capsys, "gfid", run, "--tokenizer", work / "tok", "--reference", ref, "--fid-weights",
                            "random", "--num-samples", 7, "--out", work / "gfid.json", "--save-npz",
                            work / "gfid.npz", "sample.num_steps=3")
     assert rc == 0, err

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
+from .common import non_negative_int, output_folder, positive_int
+
 ALL_TASKS = "zeroshot,linprobe,knn,retrieval,recon"
 VTP_TASKS = "zeroshot,linprobe,recon"  # the tasks VTP's tools/ scripts have
 
@@ -43,6 +45,9 @@ def cmd_eval(args) -> None:
         device=args.device, progress=not args.no_progress, cache_dir=args.cache, seed=args.seed)
     invoked = sys.argv and sys.argv[0].endswith(("openvtp", "__main__.py"))  # not when main() is called in-process
     command = "openvtp " + shlex.join(sys.argv[1:]) if invoked else "openvtp eval " + shlex.join(args.models)
+    output_folder(args.out, "--out")
+    if args.cache:
+        output_folder(args.cache, "--cache")
     done = evaluate(args.models, args.data, opts, args.out, _list(args.names) or None, command, args.revision)
     if done is None:  # a torchrun rank other than 0
         return
@@ -69,20 +74,6 @@ def _is_stats(path: Path) -> bool:
 
 
 def cmd_fid(args) -> None:
-    from openvtp.eval.fid import (
-        InceptionFeatures,
-        feature_statistics,
-        frechet_distance,
-        image_set_features,
-        load_stats,
-        save_stats,
-    )
-
-    from openvtp.eval.suite import check_device
-
-    device = None if check_device(args.device) == "auto" else args.device
-    if args.batch_size <= 0:
-        raise OpenVTPError(f"--batch-size must be positive, got {args.batch_size}")
     sides = [Path(args.a)] + ([Path(args.b)] if args.b else [])
     if args.b is None and not args.save_stats:
         raise OpenVTPError("give two image sets / statistics files to compare, or one with --save-stats OUT.npz")
@@ -91,6 +82,21 @@ def cmd_fid(args) -> None:
             raise OpenVTPError(f"not a folder of images or an .npz (statistics or ADM images): {path}")
     if args.save_stats and _is_stats(sides[0]):
         raise OpenVTPError(f"{sides[0]} already holds statistics; --save-stats needs images")
+    if args.fid_weights not in ("auto", "random") and not Path(args.fid_weights).is_file():
+        raise OpenVTPError(f"--fid-weights: file not found: {args.fid_weights} (or use auto, random)")
+    if args.save_stats:
+        output_folder(Path(args.save_stats).absolute().parent, "--save-stats")
+    from openvtp.eval.fid import (
+        InceptionFeatures,
+        feature_statistics,
+        frechet_distance,
+        image_set_features,
+        load_stats,
+        save_stats,
+    )
+    from openvtp.eval.suite import check_device
+
+    device = None if check_device(args.device) == "auto" else args.device
     extractor = None
     stats, info = [], []
     for path in sides:
@@ -99,23 +105,29 @@ def cmd_fid(args) -> None:
             info.append({"path": str(path), "statistics": True})
             continue
         if extractor is None:
-            extractor = InceptionFeatures(args.weights, device=device, batch_size=args.batch_size)
+            extractor = InceptionFeatures(args.fid_weights, device=device, batch_size=args.batch_size)
         feats, skipped = image_set_features(path, extractor, args.batch_size)
         stats.append(feature_statistics(feats))
         info.append({"path": str(path), "images": len(feats), "skipped_images": skipped})
-    result = {"weights": args.weights, "sides": info}
+    result = {"weights": args.fid_weights, "sides": info}
     if args.save_stats:
         import os
 
+        from openvtp.files import temp_file
+
         target = Path(args.save_stats)
-        tmp = target.with_name(f".{target.name}.tmp")
-        save_stats(tmp, *stats[0])
-        os.replace(tmp, target)
+        fd, tmp = temp_file(target.absolute().parent, target.name)
+        os.close(fd)
+        try:
+            save_stats(tmp, *stats[0])
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
         result["saved_stats"] = str(target)
     if len(stats) == 2:
         result["fid"] = frechet_distance(*stats[0], *stats[1])
-    if args.weights == "random":
-        print("warning: random Inception weights (--weights random): the number is only good for tests",
+    if args.fid_weights == "random":
+        print("warning: random Inception weights (--fid-weights random): the number is only good for tests",
               file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -143,12 +155,13 @@ def register(sub) -> None:
                    help="openvtp (default) or vtp: VTP's tools/ scripts for zeroshot, linprobe and recon (default "
                         f"tasks then {VTP_TASKS}; knn and retrieval, when asked, keep openvtp's protocol)")
     p.add_argument("--out", default="runs/eval", help="output folder: results.json, results.md, PNGs, feature cache")
-    p.add_argument("--limit", type=int, default=None, help="at most N images per split (a fixed random subset)")
-    p.add_argument("--train-limit", type=int, default=None, help="at most N images of the probe train split")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="at most N images per split (a fixed random subset)")
+    p.add_argument("--train-limit", type=positive_int, default=None, help="at most N images of the probe train split")
     p.add_argument("--train-data", default=None, help="class-folder train split for the probes when --data has none")
     p.add_argument("--names", default=None, help="comma-separated column names, one per MODEL")
     p.add_argument("--revision", default=None, help="hub revision for hub ids")
-    p.add_argument("--size", type=int, default=None, help="resolution (default: each model's image_size)")
+    p.add_argument("--size", type=positive_int, default=None, help="resolution (default: each model's image_size)")
     p.add_argument("--preprocess", default="",
                    help="per task group, e.g. recon=adm,zeroshot=squash,retrieval=squash,probe=crop "
                         "(methods: adm, squash, crop, none; these are the defaults for files)")
@@ -156,26 +169,27 @@ def register(sub) -> None:
     p.add_argument("--classnames", default=None, help="file with one class name per line, in label order")
     p.add_argument("--templates", default=None, help='file with one zero-shot template per line, "{}" for the name')
     p.add_argument("--linprobe", default="simple,dinov2", help="linear-probe protocols: simple, dinov2 or both")
-    p.add_argument("--probe-epochs", type=int, default=10)
-    p.add_argument("--probe-batch", type=int, default=None,
-                   help="default 1024, or N/20 on sets under ~20k images; --protocol vtp: 128")
-    p.add_argument("--probe-epoch-length", type=int, default=0,
+    p.add_argument("--probe-epochs", type=positive_int, default=10, help="linear probe (simple protocol) epochs")
+    p.add_argument("--probe-batch", type=positive_int, default=None,
+                   help="linear probe batch (default: 1024, or N/20 on sets under ~20k images; --protocol vtp: 128)")
+    p.add_argument("--probe-epoch-length", type=non_negative_int, default=0,
                    help="--protocol vtp: probe iterations per epoch (0: VTP's 1250, at most one pass over the train "
                         "split)")
-    p.add_argument("--knn-k", type=int, default=20)
-    p.add_argument("--knn-temperature", type=float, default=0.07)
+    p.add_argument("--knn-k", type=positive_int, default=20, help="kNN neighbours")
+    p.add_argument("--knn-temperature", type=float, default=0.07, help="kNN vote temperature: exp(sim / T)")
     p.add_argument("--fid-weights", default="auto",
                    help="FID Inception: auto (torch hub cache, fetched when online), PATH, none, random (tests only)")
     p.add_argument("--lpips", default="auto", help="LPIPS trunk: auto (cached or fetched), none, random (tests only)")
     p.add_argument("--lpips-net", default=None, choices=("alex", "vgg"),
                    help="LPIPS network (default: alex, or vgg with --protocol vtp as VTP's script)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None, help="image-reading processes (default: CPUs - 1, max 8)")
-    p.add_argument("--chunk-size", type=int, default=1024, help="images per feature-cache chunk (resume unit)")
-    p.add_argument("--grid", type=int, default=8, help="image pairs in the reconstruction grid PNG (0: none)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--workers", type=non_negative_int, default=None,
+                   help="image-reading processes (default: CPUs - 1, max 8)")
+    p.add_argument("--chunk-size", type=positive_int, default=1024, help="images per feature-cache chunk (resume unit)")
+    p.add_argument("--grid", type=non_negative_int, default=8, help="image pairs in the reconstruction grid PNG (0: none)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--cache", default=None, help="feature cache folder (default: OUT/cache)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit subsets and the probes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
@@ -183,9 +197,10 @@ def register(sub) -> None:
     p.add_argument("a", metavar="A", help="image folder, ADM .npz images, or .npz statistics (mu, sigma)")
     p.add_argument("b", metavar="B", nargs="?", default=None, help="the same kinds as A")
     p.add_argument("--save-stats", default=None, metavar="OUT.npz", help="write A's mu/sigma (ADM/pytorch-fid layout)")
-    p.add_argument("--weights", default="auto",
-                   help="auto (torch hub cache, fetched when online), PATH (.pth/.safetensors), random (tests only)")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--fid-weights", default="auto",
+                   help="FID Inception: auto (torch hub cache, fetched when online), PATH (.pth/.safetensors), "
+                        "random (tests only)")
+    p.add_argument("--batch-size", type=positive_int, default=50, help="images per Inception forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_fid)

@@ -10,20 +10,21 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
+from .common import non_negative_int, output_folder, positive_int
+
 SAMPLE_KEYS = ("sample.", "fid.")
 
 
 def cmd_extract_latents(args) -> None:
+    if args.data != "embedded" and ".tar" not in Path(args.data).name and not Path(args.data).exists():
+        raise OpenVTPError(f"--data {args.data}: no such file or folder (or use 'embedded')")
+    output_folder(args.out, "--out")
     from openvtp.generation.latents import extract_latents
     from openvtp.generation.sources import open_source
     from openvtp.models import VTPModel
 
-    if args.data != "embedded" and ".tar" not in Path(args.data).name and not Path(args.data).exists():
-        raise OpenVTPError(f"--data {args.data}: no such file or folder (or use 'embedded')")
     model = VTPModel.from_pretrained(args.model, revision=args.revision)
-    size = args.size or model.config.image_size
-    if size % model.config.vision_patch_size:
-        raise OpenVTPError(f"--size {size} is not a multiple of the patch size {model.config.vision_patch_size}")
+    size = model.config.resolution(args.size, args.model)
     dataset, classes = open_source(args.data, size, args.num, args.seed, args.labels)
     out = extract_latents(model, dataset, args.out, image_size=size, batch_size=args.batch_size,
                           shard_size=args.shard_size, stats_num=args.stats_num, seed=args.seed, device=args.device,
@@ -42,11 +43,13 @@ def cmd_extract_latents(args) -> None:
 def cmd_train_dit(args) -> None:
     from openvtp.config.load import load_config
     from openvtp.generation.config import GenerationConfig, validate
-    from openvtp.generation.train import train_dit
-    from openvtp.train import dist
 
     cfg = load_config(GenerationConfig, args.config, args.overrides)
     validate(cfg)
+    output_folder(cfg.train.run_dir, "train.run_dir")
+    from openvtp.generation.train import train_dit
+    from openvtp.train import dist
+
     history = train_dit(cfg)
     if dist.is_main():
         from openvtp.train.checkpoint import list_checkpoints
@@ -60,11 +63,14 @@ def _checkpoint_config(checkpoint: str, overrides: list[str]):
     """The config stored with a DiT checkpoint, with `sample.*` / `fid.*` overrides applied and validated."""
     from openvtp.config.load import load_config
     from openvtp.generation.config import GenerationConfig, validate
-    from openvtp.generation.sample import resolve_dit_checkpoint
 
     bad = [o for o in overrides if not o.startswith(SAMPLE_KEYS)]
     if bad:
         raise OpenVTPError(f"only sample.* and fid.* settings can be overridden here, got '{bad[0]}'")
+    if not Path(checkpoint).is_dir():  # before torch is imported
+        raise OpenVTPError(f"no DiT checkpoint at {checkpoint} (expected state.pt or checkpoints/step_*/)")
+    from openvtp.generation.sample import resolve_dit_checkpoint
+
     ckpt = resolve_dit_checkpoint(checkpoint)
     if not (ckpt / "config.yaml").is_file():
         raise OpenVTPError(f"{ckpt} has no config.yaml: not a DiT checkpoint written by openvtp train-dit")
@@ -88,14 +94,15 @@ def _labels(args, num_classes: int):
 def cmd_sample(args) -> None:
     from dataclasses import replace
 
+    ckpt, cfg = _checkpoint_config(args.checkpoint, args.overrides)
     from openvtp.generation.sample import sample
 
-    ckpt, cfg = _checkpoint_config(args.checkpoint, args.overrides)
     scfg = cfg.sample if args.num_samples is None else replace(cfg.sample, num_samples=args.num_samples)
     labels = _labels(args, cfg.data.num_classes)
     tokenizer = args.tokenizer or cfg.data.tokenizer
     if not tokenizer:
         raise OpenVTPError("no tokenizer to decode samples: pass --tokenizer MODEL")
+    output_folder(args.out, "--out")
     npz = sample(ckpt, args.out, scfg, tokenizer=tokenizer, labels=labels,
                  device=args.device, grid_nrow=args.per_class if labels is not None else None)
     from openvtp.train import dist
@@ -109,8 +116,6 @@ def cmd_gfid(args) -> None:
     from dataclasses import replace
 
     from openvtp.generation.config import validate
-    from openvtp.generation.gfid import gfid
-    from openvtp.train.checkpoint import write_json_atomic
 
     ckpt, cfg = _checkpoint_config(args.checkpoint, args.overrides)
     scfg = cfg.sample if args.num_samples is None else replace(cfg.sample, num_samples=args.num_samples)
@@ -124,7 +129,16 @@ def cmd_gfid(args) -> None:
         raise OpenVTPError("no tokenizer to decode samples: pass --tokenizer MODEL")
     fcfg = replace(cfg.fid, labels=args.labels) if args.labels else cfg.fid
     validate(replace(cfg, sample=scfg, fid=fcfg))
-    result = gfid(ckpt, reference, overrides=scfg, tokenizer=tokenizer, inception=args.inception or cfg.fid.inception,
+    weights = args.fid_weights or cfg.fid.inception
+    if weights not in ("auto", "random") and not Path(weights).is_file():
+        raise OpenVTPError(f"--fid-weights: file not found: {weights} (or use auto, random)")
+    for path, flag in ((args.out, "--out"), (args.save_npz, "--save-npz")):
+        if path:
+            output_folder(Path(path).absolute().parent, flag)
+    from openvtp.generation.gfid import gfid
+    from openvtp.train.checkpoint import write_json_atomic
+
+    result = gfid(ckpt, reference, overrides=scfg, tokenizer=tokenizer, inception=weights,
                   save_npz=args.save_npz, device=args.device, fid=fcfg)
     from openvtp.train import dist
 
@@ -142,7 +156,6 @@ def cmd_gfid(args) -> None:
 def cmd_demo_generation(args) -> None:
     from openvtp.config.load import load_config
     from openvtp.experiments.demo import dit_config, split_overrides
-    from openvtp.generation.demo import run_generation_demo
     from openvtp.generation.demo_config import GenerationDemoConfig
 
     parts = split_overrides(args.overrides)
@@ -153,6 +166,9 @@ def cmd_demo_generation(args) -> None:
     dit_config(parts["dit"])
     if not Path(args.tokenizer).is_dir():
         raise OpenVTPError(f"tokenizer folder not found: {args.tokenizer} (run openvtp demo first)")
+    output_folder(args.out, "--out")
+    from openvtp.generation.demo import run_generation_demo
+
     summary = run_generation_demo(args.tokenizer, args.out, demo, seed=args.seed, dit_overrides=parts["dit"])
     f = summary["figures"]
     print(f"\nopenvtp demo-generation: DiT {summary['dit']['steps']} steps, {summary['timing']['total_s']:.0f}s "
@@ -170,8 +186,9 @@ def cmd_demo_generation(args) -> None:
 def _sampling_args(p) -> None:
     p.add_argument("checkpoint", help="DiT checkpoint folder (step_XXXXXXX) or run folder (its newest checkpoint)")
     p.add_argument("--tokenizer", default="", help="VTP checkpoint that decodes the latents (default: data.tokenizer)")
-    p.add_argument("--num-samples", type=int, default=None, help="default: sample.num_samples of the checkpoint")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--num-samples", type=positive_int, default=None,
+                   help="default: sample.num_samples of the checkpoint")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("overrides", nargs="*",
                    help="sample.* / fid.* overrides, e.g. sample.method=heun sample.cfg_scale=2")
 
@@ -184,16 +201,19 @@ def register(sub) -> None:
                    help="'embedded', a class folder, a .csv/.jsonl caption file, or webdataset .tar shards "
                         "(brace patterns allowed)")
     p.add_argument("--out", required=True, help="output folder (an unfinished one is resumed)")
-    p.add_argument("--size", type=int, default=0, help="ADM centre crop side (default: the model's image size)")
-    p.add_argument("--num", type=int, default=0, help="first N images only (embedded: how many scenes, default 50k)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="ADM centre crop side (default: the model's image_size)")
+    p.add_argument("--num", type=non_negative_int, default=0,
+                   help="first N images only, 0: all (embedded: how many scenes; 0 means 50k)")
     p.add_argument("--labels", default="shape", choices=("shape", "shape_colour"),
                    help="embedded data: what the class label is")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--shard-size", type=int, default=10_000, help="images per output shard")
-    p.add_argument("--stats-num", type=int, default=10_000, help="random latents for the mean/std statistics")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--shard-size", type=positive_int, default=10_000, help="images per output shard")
+    p.add_argument("--stats-num", type=non_negative_int, default=10_000,
+                   help="random latents for the mean/std statistics (0: none)")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="data loader workers")
+    p.add_argument("--seed", type=int, default=0, help="seed of the statistics' random subset")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.set_defaults(func=cmd_extract_latents)
 
     p = sub.add_parser("train-dit", help="train a LightningDiT on extracted latents (torchrun for several GPUs)")
@@ -213,7 +233,7 @@ def register(sub) -> None:
     _sampling_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--labels", default="", help="comma-separated classes (default: class-balanced)")
-    p.add_argument("--per-class", type=int, default=1,
+    p.add_argument("--per-class", type=positive_int, default=1,
                    help="samples per listed class, one grid row per class (with no --labels: every class)")
     p.set_defaults(func=cmd_sample)
 
@@ -221,7 +241,9 @@ def register(sub) -> None:
                                     "or a folder")
     _sampling_args(p)
     p.add_argument("--reference", default="", help="ADM reference batch / stats .npz, or an image folder")
-    p.add_argument("--inception", default="", help="FID Inception weights: auto, a local file, or random (tests)")
+    p.add_argument("--fid-weights", default="",
+                   help="FID Inception: auto, a local file, or random (tests only); default: the checkpoint's "
+                        "fid.inception")
     p.add_argument("--labels", default=None,
                    help="class labels: balanced (exact counts) or random (uniform, as LightningDiT); "
                         "default: fid.labels")

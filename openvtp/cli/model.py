@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from pathlib import Path
 
 from openvtp.errors import OpenVTPError
+
+from .common import output_folder, positive_int
 
 
 def load_model(name: str, revision: str | None = None):
@@ -38,25 +42,43 @@ def cmd_info(args) -> None:
         print(f"{'params ' + part:>20}: {n:>13,d}  ({n / 1e6:.1f}M)")
 
 
+def recon_names(paths: list[str]) -> list[str]:
+    """Output names `<stem>_recon.png`; images whose stems collide are named by their path below the folder
+    they share (a/x.png, b/x.png -> a_x_recon.png, b_x_recon.png), so no result overwrites another."""
+    full = [Path(p).resolve() for p in paths]
+    twice = [p for p, n in Counter(full).items() if n > 1]
+    if twice:
+        raise OpenVTPError(f"image {twice[0]} is given twice")
+    stems = Counter(p.stem for p in full)
+    common = Path(os.path.commonpath([str(p.parent) for p in full]))
+    names = [p.stem if stems[p.stem] == 1 else "_".join(p.relative_to(common).with_suffix("").parts) for p in full]
+    clashes = Counter(names)  # a/x.png and a/x.jpg: keep the suffix too
+    names = [n if clashes[n] == 1 else "_".join(p.relative_to(common).parts).replace(".", "_")
+             for n, p in zip(names, full)]
+    clashes = Counter(names)
+    if len(clashes) < len(names):
+        name = next(n for n, k in clashes.items() if k > 1)
+        raise OpenVTPError(f"two images would both be written as {name}_recon.png; rename one")
+    return [f"{n}_recon.png" for n in names]
+
+
 def cmd_reconstruct(args) -> None:
     import torch
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     from openvtp.data.image_io import read_image, save_image
 
+    names = recon_names(args.images)
     model = load_model(args.model, args.revision)
-    size = args.size or model.config.image_size
-    p = model.config.vision_patch_size
-    if size % p:
-        raise OpenVTPError(f"--size {size} is not a multiple of the patch size {p}")
-    out = Path(args.out)
+    size = model.config.resolution(args.size, args.model)
     images = [read_image(path, size, mode="crop") for path in args.images]  # read all first: fail before work
-    for path, img in zip(args.images, images):
+    out = output_folder(args.out, "--out")
+    for path, img, name in zip(args.images, images, names):
         x = img.float().div(255).unsqueeze(0)
         with torch.inference_mode():
             rec = model.decode(model.encode(x))
         psnr = peak_signal_noise_ratio(rec, x, data_range=1.0).item()
-        target = out / f"{Path(path).stem}_recon.png"
+        target = out / name
         save_image(torch.cat((x[0], rec[0]), dim=-1), target)
         print(f"{path}: PSNR {psnr:.2f} dB -> {target}")
 
@@ -95,13 +117,14 @@ def register(sub) -> None:
 
     p = sub.add_parser("reconstruct", help="encode and decode images; write them side by side, print PSNR")
     model_arg(p)
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files (results: OUT/<name>_recon.png)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--size", type=int, default=None, help="resize + centre crop to this size (default: config)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="resize + centre crop to this size (default: the model's image_size)")
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("zeroshot", help="zero-shot label probabilities for one image")
     model_arg(p)
-    p.add_argument("image")
+    p.add_argument("image", help="image file (squashed to the model's image_size)")
     p.add_argument("--labels", required=True, help='comma-separated, e.g. "a dog,a cat"')
     p.set_defaults(func=cmd_zeroshot)

@@ -7,16 +7,21 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
+from .common import output_folder
+
 # the default study (README, "Does it work?"): chosen once for a fair comparison within 90 min on 2 cores
 STUDY_DEFAULTS = {"variants": "ae,vtp", "steps": "250,1000", "seeds": "0,1,2", "jobs": 2}
 
 
 def cmd_pretrain(args) -> None:
     from openvtp.config.load import load_config
-    from openvtp.config.schema import PretrainConfig
-    from openvtp.train.loop import pretrain
+    from openvtp.config.schema import PretrainConfig, validate
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
+    validate(cfg)  # before torch is imported; pretrain() checks again with the real world size
+    output_folder(cfg.train.out_dir, "train.out_dir")
+    from openvtp.train.loop import pretrain
+
     summary = pretrain(cfg)
     if summary:
         print(json.dumps(summary, indent=2))
@@ -26,9 +31,12 @@ def cmd_demo(args) -> None:
     """The main job on the embedded data: pre-train the `demo` preset (stage 1), fine-tune its decoder
     (stage 2, `decoder-demo`), train a DiT on the latents (`dit-demo`) and judge its samples; every
     config is validated before any work starts."""
-    from openvtp.experiments.demo import plan_demo, report, run_demo
+    from openvtp.experiments.demo import plan_demo, report
 
     plan = plan_demo(args.out, args.overrides)
+    output_folder(plan.out, "--out")
+    from openvtp.experiments.demo import run_demo
+
     summary = run_demo(plan)
     print("\n" + "\n".join(report(summary, plan.out)))
     if not summary["complete"]:
@@ -74,10 +82,14 @@ def cmd_study(args) -> None:
 
 def cmd_finetune_decoder(args) -> None:
     from openvtp.config.load import load_config
-    from openvtp.config.schema import FinetuneDecoderConfig
+    from openvtp.config.schema import FinetuneDecoderConfig, validate_finetune
+
+    cfg = load_config(FinetuneDecoderConfig, args.config, [f"init={args.model}", *args.overrides])
+    validate_finetune(cfg)
+    output_folder(cfg.train.out_dir, "train.out_dir")
     from openvtp.train.decoder_finetune import finetune_decoder
 
-    summary = finetune_decoder(load_config(FinetuneDecoderConfig, args.config, [f"init={args.model}", *args.overrides]))
+    summary = finetune_decoder(cfg)
     if summary:
         print(json.dumps(summary, indent=2))
 
@@ -90,7 +102,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("demo", help="the main job on the embedded data (what `make demo` runs)",
                        epilog=_demo_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
+    p.add_argument("--out", default="runs/demo", help="run folder; stage 2 writes OUT/decoder, generation "
+                                                        "OUT/generation (default: %(default)s)")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE, decoder.KEY=VALUE, dit.KEY=VALUE, generation.KEY=VALUE "
                                                 "(see below)")
     p.set_defaults(func=cmd_demo)

@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from openvtp.errors import OpenVTPError
@@ -41,25 +41,49 @@ def _clean(message: str) -> str:
     return first
 
 
-def load_config(schema: type[T], name_or_path: str | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build a `schema` dataclass from defaults, an optional preset/YAML file and `a.b=value` overrides."""
-    base = OmegaConf.structured(schema)
-    layers = []
-    where = "defaults"
+def _read_yaml(path: Path):
+    """A YAML config file as an OmegaConf node; a syntax error names the file, line and column."""
+    import yaml
+
     try:
-        if name_or_path is not None:
-            path = resolve_config_path(name_or_path)
-            where = str(path)
-            raw = OmegaConf.load(path)
-            raw.pop("_base_", None)
-            layers.append(raw)
-        where = "command line"
-        for item in overrides:
-            if "=" not in item:
-                raise OpenVTPError(f"override '{item}' is not of the form key=value")
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-        for layer in layers:
+        raw = OmegaConf.load(path)
+    except yaml.MarkedYAMLError as e:
+        def at(mark) -> str:
+            return f"line {mark.line + 1}, column {mark.column + 1}"
+
+        mark = e.problem_mark or e.context_mark
+        context = f" ({e.context} from {at(e.context_mark)})" if e.context and e.context_mark and e.problem else ""
+        raise OpenVTPError(f"invalid YAML in {path}" + (f", {at(mark)}" if mark else "")
+                           + f": {e.problem or e.context}{context}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise OpenVTPError(f"invalid YAML in {path}: {_clean(str(e))}") from None
+    except OSError as e:
+        raise OpenVTPError(f"cannot read config file {path}: {e.strerror or e}") from None
+    if not isinstance(raw, DictConfig):
+        raise OpenVTPError(f"config file {path} must hold a mapping of sections (train:, model:, ...), "
+                           f"not a {type(raw).__name__}")
+    raw.pop("_base_", None)
+    return raw
+
+
+def load_config(schema: type[T], name_or_path: str | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build a `schema` dataclass from defaults, an optional preset/YAML file and `a.b=value` overrides.
+
+    An error names the layer it comes from (the file, or the command line) and the key."""
+    layers = []
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        layers.append((str(path), _read_yaml(path)))
+    for item in overrides:
+        if "=" not in item:
+            raise OpenVTPError(f"override '{item}' is not of the form key=value")
+    where = "command line"
+    try:
+        layers.append((where, OmegaConf.from_dotlist(list(overrides))))
+        base = OmegaConf.structured(schema)
+        for where, layer in layers:
             base = OmegaConf.merge(base, layer)
+        where = "the merged config"
         cfg = OmegaConf.to_object(base)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)

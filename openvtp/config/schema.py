@@ -157,9 +157,27 @@ def _need(cond: bool, msg: str) -> None:
         raise OpenVTPError(f"config: {msg}")
 
 
-def _validate_train_and_data(t: TrainConfig, d: DataConfig) -> None:
-    """Checks shared by every config tree that has a `train` and a `data` section."""
+def _validate_common(t: TrainConfig, d: DataConfig, o: OptimConfig, e: EvalDuringTraining) -> None:
+    """Checks shared by every config tree that has `train`, `data`, `optim` and `eval` sections."""
     _need(t.steps > 0, "train.steps must be positive")
+    _need(t.batch > 0, f"train.batch must be positive, got {t.batch}")
+    _need(t.log_every > 0, "train.log_every must be positive")
+    _need(t.ckpt_every > 0, "train.ckpt_every must be positive")
+    _need(t.image_every >= 0, "train.image_every must be >= 0 (0: no grids during training)")
+    _need(t.keep_last >= 0, "train.keep_last must be >= 0 (0: keep every checkpoint)")
+    _need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
+    _need(t.time_limit_s >= 0, "train.time_limit_s must be >= 0 (0: no limit)")
+    _need(d.workers >= 0, "data.workers must be >= 0")
+    _need(d.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0")
+    _need(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
+    _need(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr], got {o.min_lr}")
+    _need(o.weight_decay >= 0, "optim.weight_decay must be >= 0")
+    _need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
+    _need(o.eps > 0, "optim.eps must be positive")
+    _need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+    _need(o.grad_clip >= 0, "optim.grad_clip must be >= 0 (0: no clipping)")
+    _need(e.every >= 0, "eval.every must be >= 0 (0: only at the end)")
+    _need(e.images > 0, "eval.images must be positive")
     _need(t.threads >= 0, "train.threads must be >= 0 (0: torch's default)")
     _need(t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
     _need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
@@ -173,21 +191,25 @@ def _validate_train_and_data(t: TrainConfig, d: DataConfig) -> None:
 def validate_finetune(cfg: FinetuneDecoderConfig, world_size: int = 1) -> None:
     t = cfg.train
     _need(bool(cfg.init), "init (the stage-1 tokenizer to fine-tune) is required")
-    _validate_train_and_data(t, cfg.data)
-    _need(t.batch > 0 and t.batch % world_size == 0, f"train.batch {t.batch} is not divisible by the world size {world_size}")
+    _validate_common(t, cfg.data, cfg.optim, cfg.eval)
+    _need(t.batch % world_size == 0, f"train.batch {t.batch} is not divisible by the world size {world_size}")
     _need(cfg.optim.accum_steps == 1, "optim.accum_steps must be 1 for decoder fine-tuning")
     _need(t.parallel == "ddp", "decoder fine-tuning supports only train.parallel=ddp")
     _need(cfg.loss.l1_weight >= 0 and cfg.loss.lpips_weight >= 0 and cfg.gan.weight >= 0, "loss weights must be >= 0")
     _need(cfg.loss.l1_weight > 0 or cfg.loss.lpips_weight > 0, "loss.l1_weight or loss.lpips_weight must be > 0")
     _need(cfg.gan.start_step >= 0, "gan.start_step must be >= 0")
     _need(cfg.gan.disc_layers >= 1 and cfg.gan.disc_channels > 0, "gan.disc_layers and gan.disc_channels must be positive")
+    _need(cfg.gan.disc_lr >= 0, "gan.disc_lr must be >= 0 (0: optim.lr)")
+    _need(cfg.gan.max_adaptive_weight > 0, "gan.max_adaptive_weight must be positive")
+    _need(all(0 <= b < 1 for b in cfg.gan.disc_betas), "gan.disc_betas must be in [0, 1)")
 
 
 def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     """Impossible configs fail here, before any data or model is built."""
     m, t = cfg.model, cfg.train
-    _validate_train_and_data(t, cfg.data)
+    _validate_common(t, cfg.data, cfg.optim, cfg.eval)
     _need(cfg.clip.weight >= 0 and cfg.ssl.weight >= 0 and cfg.recon.weight >= 0, "loss weights must be >= 0")
+    _need(cfg.clip.max_logit_scale > 0, "clip.max_logit_scale must be positive")
     _need(cfg.clip.weight > 0 or cfg.ssl.weight > 0 or cfg.recon.weight > 0, "every objective has weight 0: nothing to train")
     _need(cfg.clip.weight == 0 or m.train_clip, "clip.weight > 0 needs a text tower (model.train_clip=true)")
     _need(cfg.recon.weight == 0 or m.train_reconstruction, "recon.weight > 0 needs a decoder (model.train_reconstruction=true)")
@@ -212,3 +234,4 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
         _need(s.centering in ("sinkhorn", "softmax"), "ssl.centering must be sinkhorn or softmax")
         _need(0 <= s.mask_ratio[0] <= s.mask_ratio[1] < 1, "ssl.mask_ratio must satisfy 0 <= lo <= hi < 1")
         _need(s.prototypes > 0, "ssl.prototypes must be positive")
+        _need(s.student_temp > 0 and min(s.teacher_temp) > 0, "ssl.student_temp and ssl.teacher_temp must be positive")

@@ -15,6 +15,8 @@ from .images import decode_image
 def read_image(path: str | Path, size: int | tuple[int, int] | None = None, mode: str = "crop") -> torch.Tensor:
     """RGB uint8 (3, H, W), optionally resized (see `decode_image`); OpenVTPError if missing or unreadable."""
     path = Path(path)
+    if path.is_dir():
+        raise OpenVTPError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise OpenVTPError(f"image not found: {path}")
     try:

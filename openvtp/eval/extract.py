@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from openvtp.errors import OpenVTPError
+from openvtp.errors import Interrupted, OpenVTPError
+from openvtp.train.interrupt import StopSignals, quiet_worker
 
 from .datasets import READ_ERRORS, EvalSet
 from .features import FeatureCache
@@ -68,10 +69,7 @@ def load_model(spec: str, name: str, device: torch.device, size: int | None = No
 
     model_dir = resolve_model_dir(spec, revision)
     model = VTPModel.from_pretrained(model_dir).eval().requires_grad_(False).to(device)
-    size = size or model.config.image_size
-    p = model.config.vision_patch_size
-    if size % p:
-        raise OpenVTPError(f"--size {size} is not a multiple of the patch size {p} of {spec}")
+    size = model.config.resolution(size, spec)
     return LoadedModel(name, spec, model, model_fingerprint(model_dir), size, device)
 
 
@@ -194,7 +192,8 @@ def cached_pass(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
     """Run `compute` over every readable image of `evalset`, `chunk_size` images per cache chunk.
 
-    Finished chunks are kept, so a killed run resumes; under torchrun rank r computes chunks r, r + W, ... and only
+    Finished chunks are kept, so a killed run resumes; SIGINT / SIGTERM stop after the current batch, keep the
+    unfinished chunk's part and raise `Interrupted`. Under torchrun rank r computes chunks r, r + W, ... and only
     rank 0 gets the result. Returns ({name: (M, ...)}, positions (M,)) for the M readable images, or None off rank 0.
     """
     from openvtp.train import dist
@@ -212,18 +211,25 @@ def cached_pass(
         cache = FeatureCache(path, meta)
     mine = [i for i in range(num_chunks) if i % dist.world_size() == dist.rank() and not cache.has_chunk(i)]
     batches, owner = [], []
+    pending: dict[int, list] = {}  # chunk -> [(positions, features)] computed so far
     for i in mine:
-        positions = list(range(i * chunk_size, min(n, (i + 1) * chunk_size)))
+        first = i * chunk_size
+        partial = cache.read_partial(i)  # what an interrupted run computed of this chunk
+        if partial is not None:
+            feats, kept, first = partial
+            pending[i] = [(kept, feats)] if len(kept) else []
+        positions = list(range(first, min(n, (i + 1) * chunk_size)))
+        if not positions:
+            _write(cache, i, pending.pop(i, []), compute, evalset, size, method, crop_pct)
         for s in range(0, len(positions), batch_size):
             batches.append(positions[s : s + batch_size])
             owner.append(i)
     if batches:
         loader = DataLoader(_Images(evalset, size, method, crop_pct), batch_sampler=batches, num_workers=workers,
-                            collate_fn=_collate, persistent_workers=False)
-        pending: dict[int, list] = {}
+                            collate_fn=_collate, persistent_workers=False, worker_init_fn=quiet_worker)
         left = {i: sum(1 for o in owner if o == i) for i in mine}
-        with torch.inference_mode(), tqdm(total=sum(map(len, batches)), desc=desc, unit="img",
-                                          disable=not progress) as bar:
+        with StopSignals() as signals, torch.inference_mode(), tqdm(total=sum(map(len, batches)), desc=desc,
+                                                                   unit="img", disable=not progress) as bar:
             for k, (positions, images) in enumerate(loader):
                 chunk = owner[k]
                 if images is not None:
@@ -232,10 +238,19 @@ def cached_pass(
                 left[chunk] -= 1
                 if left[chunk] == 0:
                     _write(cache, chunk, pending.pop(chunk, []), compute, evalset, size, method, crop_pct)
+                if signals.requested() and k + 1 < len(batches):  # ranks work on their own chunks: no agreement
+                    if pending.get(chunk):
+                        cache.write_partial(chunk, *_concat(pending[chunk]), next_pos=batches[k][-1] + 1)
+                    raise Interrupted(signals.requested(), f"features of {desc} cached in {path} up to image "
+                                                           f"{batches[k][-1] + 1} of {n}")
     dist.barrier()
     if not dist.is_main():
         return None
-    return cache.load(num_chunks)
+    features, kept = cache.load(num_chunks)
+    if len(kept) == 0:
+        raise OpenVTPError(f"{evalset.name} ({evalset.split}): none of its {n} images could be read "
+                           f"(the first is {evalset.where(0)})")
+    return features, kept
 
 
 def _write(cache: FeatureCache, chunk: int, parts: list, compute, evalset, size, method, crop_pct) -> None:
@@ -243,6 +258,9 @@ def _write(cache: FeatureCache, chunk: int, parts: list, compute, evalset, size,
         dummy = compute(torch.zeros(1, 3, size, size, dtype=torch.uint8))
         cache.write_chunk(chunk, {k: v[:0] for k, v in dummy.items()}, torch.zeros(0, dtype=torch.long))
         return
-    positions = torch.cat([p for p, _ in parts])
-    feats = {k: torch.cat([f[k] for _, f in parts]) for k in parts[0][1]}
-    cache.write_chunk(chunk, feats, positions)
+    cache.write_chunk(chunk, *_concat(parts))
+
+
+def _concat(parts: list) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """[(positions, features)] -> (features, positions), concatenated."""
+    return {k: torch.cat([f[k] for _, f in parts]) for k in parts[0][1]}, torch.cat([p for p, _ in parts])

@@ -5,7 +5,8 @@ skipped. `meta.json` records what the features are (checkpoint, split, layer, ..
 model is never silently mixed in.
 
 Layout: <path>/meta.json, <path>/chunk_00000.safetensors, ... each chunk holding the named feature tensors (the same
-names in every chunk, e.g. {"cls": (n, D), "patch_mean": (n, D)}) and `labels` (n,).
+names in every chunk, e.g. {"cls": (n, D), "patch_mean": (n, D)}) and `labels` (n,). An interrupted pass leaves
+`partial_XXXXX.safetensors`: the part of chunk XXXXX it computed, continued by the next run.
 """
 
 import json
@@ -14,10 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from openvtp.errors import OpenVTPError
+from openvtp.files import TEMP_MARK, write_safetensors
 
 LABELS = "labels"
 
@@ -55,9 +58,32 @@ class FeatureCache:
         assert len(n) == 1, f"chunk {index}: features and labels have different lengths {n}"
         tensors = {k: v.detach().cpu().contiguous() for k, v in features.items()}
         tensors[LABELS] = labels.detach().cpu().long().contiguous()
-        tmp = self.chunk_path(index).with_suffix(".tmp")
-        save_file(tensors, str(tmp))
+        tmp = self.path / f".{self.chunk_path(index).name}{TEMP_MARK}{os.getpid()}"
+        write_safetensors(tensors, tmp)
         os.replace(tmp, self.chunk_path(index))
+        self.partial_path(index).unlink(missing_ok=True)
+
+    def partial_path(self, index: int) -> Path:
+        return self.path / f"partial_{index:05d}.safetensors"
+
+    def write_partial(self, index: int, features: dict[str, torch.Tensor], labels: torch.Tensor, next_pos: int) -> None:
+        """What an interrupted pass computed of chunk `index`, up to (not including) sample `next_pos`."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in features.items()}
+        tensors[LABELS] = labels.detach().cpu().long().contiguous()
+        tmp = self.path / f".{self.partial_path(index).name}{TEMP_MARK}{os.getpid()}"
+        write_safetensors(tensors, tmp, metadata={"next": str(next_pos)})
+        os.replace(tmp, self.partial_path(index))
+
+    def read_partial(self, index: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, int] | None:
+        """(features, labels, next sample) of an interrupted chunk, or None."""
+        path = self.partial_path(index)
+        if not path.is_file():
+            return None
+        with safe_open(str(path), "pt") as f:
+            next_pos = int(f.metadata()["next"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        labels = tensors.pop(LABELS)
+        return tensors, labels, next_pos
 
     def fill(
         self,

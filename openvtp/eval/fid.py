@@ -94,7 +94,7 @@ class InceptionFeatures:
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=gen)
         else:
             if weights == "auto":
-                path = cached_or_download(INCEPTION_URL, "FID Inception", "or pass weights=<path to that file>")
+                path = cached_or_download(INCEPTION_URL, "FID Inception", "or pass that file with --fid-weights PATH")
             else:
                 path = Path(weights)
             state = load_weights(path, "FID Inception")

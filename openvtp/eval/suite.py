@@ -216,7 +216,7 @@ class Suite:
                     inc = InceptionFeatures(o.fid_weights, device=device, batch_size=o.batch_size, progress=False)
                     fid_id = o.fid_weights if o.fid_weights != "auto" else "torch-fidelity inception-2015-12-05"
                 except OpenVTPError as e:
-                    skipped["rfid"] = f"{e} [openvtp eval: --fid-weights PATH, or none]"
+                    skipped["rfid"] = f"{e} [or turn rFID off: --fid-weights none]"
             self._metric_nets = (lp, inc, fid_id, skipped)
         return self._metric_nets
 

@@ -27,7 +27,7 @@ def cached_or_download(url: str, what: str, alternative: str) -> Path:
 
     Args:
         what: the weights' name for the error message.
-        alternative: how else the user can supply them (e.g. "or pass weights=<path>").
+        alternative: how else the user can supply them (e.g. "or pass that file with --fid-weights PATH").
     """
     path = hub_checkpoint_dir() / url.rsplit("/", 1)[-1]
     if path.is_file():

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from openvtp.config.load import load_config
 from openvtp.config.schema import FinetuneDecoderConfig, PretrainConfig, validate, validate_finetune
-from openvtp.errors import OpenVTPError
+from openvtp.errors import Interrupted, OpenVTPError
 from openvtp.generation.config import GenerationConfig
 from openvtp.generation.config import validate as validate_dit
 from openvtp.generation.demo_config import GenerationDemoConfig, validate_demo
@@ -25,6 +25,7 @@ from openvtp.train.checkpoint import write_json_atomic
 log = logging.getLogger("openvtp.demo")
 PREFIXES = ("decoder.", "dit.", "generation.")  # unprefixed keys configure pre-training
 PRESETS = {"pretrain": "demo", "decoder": "decoder-demo", "dit": "dit-demo"}
+RESUME = ("train.resume=latest", "decoder.train.resume=latest")  # what an interrupted demo adds to its command
 
 
 def split_overrides(overrides: Sequence[str]) -> dict[str, list[str]]:
@@ -97,7 +98,10 @@ def run_demo(plan: DemoPlan, progress: bool = True, judge_cache: Path | None = N
     from openvtp.train.loop import pretrain
 
     summary = pretrain(plan.pretrain)
-    stage2 = finetune_decoder(plan.decoder)
+    try:
+        stage2 = finetune_decoder(plan.decoder)
+    except Interrupted as e:  # stage 1 is done: resuming the demo resumes stage 2 (stage 1 resumes at its end)
+        raise Interrupted(e.signum, e.saved, RESUME) from None
     held = summary.get("heldout", {})
     if "psnr" in stage2.get("heldout", {}):
         held["psnr_decoder_finetuned"] = stage2["heldout"]["psnr"]
@@ -109,8 +113,11 @@ def run_demo(plan: DemoPlan, progress: bool = True, judge_cache: Path | None = N
     summary["timing"] = {"pretrain_s": summary["timing"]["train_s"], "decoder_s": stage2["timing"]["train_s"]}
     complete = summary["complete"] and stage2["complete"]
     if plan.generation.enabled:
-        gen = run_generation_demo(stage2["tokenizer"], plan.out, plan.generation, seed=plan.seed,
-                                  dit_overrides=plan.dit_overrides, judge_cache=judge_cache, progress=progress)
+        try:
+            gen = run_generation_demo(stage2["tokenizer"], plan.out, plan.generation, seed=plan.seed,
+                                      dit_overrides=plan.dit_overrides, judge_cache=judge_cache, progress=progress)
+        except Interrupted as e:  # stages 1 and 2 resume at their ends; the generation half starts again
+            raise Interrupted(e.signum, e.saved, RESUME) from None
         summary["generation"] = {k: gen[k] for k in ("complete", "condition", "figures", "gap_to_reconstructed",
                                                      "chance", "grid")}
         summary["generation"].update(dit_steps=gen["dit"]["steps"], samples=gen["sampling"]["samples"],

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from openvtp.errors import OpenVTPError
-from openvtp.losses.flow import TIMESTEP_SAMPLING
-from openvtp.models.dit import DIT_PRESETS
+from openvtp.models.dit_sizes import DIT_PRESETS
 
 SAMPLERS = ("euler", "heun", "dopri5")
+TIMESTEP_SAMPLING = ("logit_normal", "uniform")  # openvtp.losses.flow's modes, named here so configs load without torch
 PRECISIONS = ("auto", "fp32", "bf16")
 FID_LABELS = ("balanced", "random")
 

@@ -12,7 +12,9 @@ Layout of a latents directory (the LightningDiT / VTP layout, with fixed-size sh
 Shard k holds dataset items [k * shard_size, (k + 1) * shard_size). A shard file appears only
 when complete (written under a temporary name, then renamed), so a killed extraction resumes
 by skipping the shards that exist; under torchrun rank r does the shards k with k % world == r,
-and the result does not depend on the number of processes.
+and the result does not depend on the number of processes. SIGINT / SIGTERM stop after the current
+batch and keep what the unfinished shard has (`partial_latents_XXXXX.safetensors`), which the next
+run continues; the folder is locked while a run writes it (`openvtp.train.run_folder`).
 """
 from __future__ import annotations
 
@@ -25,17 +27,21 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from openvtp.errors import OpenVTPError
+from openvtp.files import TEMP_MARK, write_safetensors
 from openvtp.train import dist
 from openvtp.train.checkpoint import atomic_torch_save
+from openvtp.train.interrupt import quiet_worker
+from openvtp.train.run_folder import RunFolder
 
 SHARD = "latents_{:05d}.safetensors"
 CAPTIONS = "captions_{:05d}.json"
+PARTIAL = "partial_latents_{:05d}.safetensors"  # an interrupted shard, continued by the next run
+PARTIAL_CAPTIONS = "partial_captions_{:05d}.json"
 INDEX = "index.json"
 STATS = "latents_stats.pt"
 
@@ -78,8 +84,8 @@ def _default_label(item: dict) -> int:
 
 
 def _write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    write_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp)
     os.replace(tmp, path)
 
 
@@ -87,7 +93,7 @@ def _read_index(latents_dir: Path) -> dict:
     file = latents_dir / INDEX
     index = json.loads(file.read_text()) if file.is_file() else {}
     if not index.get("complete"):
-        raise OpenVTPError(f"{latents_dir} is not a finished latents directory (run or resume extract_latents)")
+        raise OpenVTPError(f"{latents_dir} is not a finished latents directory (run or resume openvtp extract-latents)")
     return index
 
 
@@ -115,11 +121,29 @@ def extract_latents(
     Resumable and torchrun-aware (see the module docstring). Returns the directory.
     """
     info = dist.init(device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with RunFolder(out_dir, "--out", dist.is_main(), info.device, resume=()) as run:
+        return _extract(run, info.device, tokenizer, dataset, Path(out_dir), image_size, batch_size, shard_size,
+                        label_fn, stats_num, seed, num_workers, progress)
+
+
+def _read_partial(out: Path, k: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int], list]:
+    """What an interrupted run encoded of shard k: latents, flips, labels, captions (empty lists if nothing)."""
+    path = out / PARTIAL.format(k)
+    if not path.is_file():
+        return [], [], [], []
+    with safe_open(str(path), "pt") as f:
+        t = {name: f.get_tensor(name) for name in ("latents", "latents_flip", "labels")}
+    captions_file = out / PARTIAL_CAPTIONS.format(k)
+    captions = json.loads(captions_file.read_text()) if captions_file.is_file() else [None] * len(t["labels"])
+    return [t["latents"]], [t["latents_flip"]], t["labels"].tolist(), captions
+
+
+def _extract(run: RunFolder, device: torch.device, tokenizer: nn.Module, dataset: Any, out: Path,
+             image_size: int | None, batch_size: int, shard_size: int, label_fn: Callable[[dict], int] | None,
+             stats_num: int, seed: int, num_workers: int, progress: bool) -> Path:
     n = len(dataset)
     if n == 0:
-        raise OpenVTPError("extract_latents: the dataset is empty")
+        raise OpenVTPError("no images to encode: the data is empty")
     if (out / INDEX).is_file():
         old = json.loads((out / INDEX).read_text())
         if old["num_images"] != n or old["shard_size"] != shard_size:
@@ -128,30 +152,42 @@ def extract_latents(
     elif dist.is_main():  # the layout is recorded first, so a resumed run can check it
         (out / INDEX).write_text(json.dumps({"num_images": n, "shard_size": shard_size, "complete": False}))
     label_fn = label_fn or _default_label
-    tokenizer = tokenizer.to(info.device).eval()
+    tokenizer = tokenizer.to(device).eval()
     num_shards = (n + shard_size - 1) // shard_size
     mine = range(dist.rank(), num_shards, dist.world_size())
     todo = [k for k in mine if not (out / SHARD.format(k)).is_file()]
     bar = tqdm(total=sum(min(shard_size, n - k * shard_size) for k in todo), desc="extract latents", unit="img",
                disable=not (progress and dist.is_main()))
+    run.on_exit(bar.close)
     for k in todo:
         start, end = k * shard_size, min(n, (k + 1) * shard_size)
-        loader = DataLoader(_Prepared(dataset, start, end, image_size), batch_size=batch_size,
-                            num_workers=num_workers, collate_fn=list)
-        lat, lat_flip, labels, captions = [], [], [], []
+        lat, lat_flip, labels, captions = _read_partial(out, k)  # resume inside the shard
+        bar.update(len(labels))
+        loader = DataLoader(_Prepared(dataset, start + len(labels), end, image_size), batch_size=batch_size,
+                            num_workers=num_workers, collate_fn=list, worker_init_fn=quiet_worker)
         for items in loader:
-            x = torch.stack([it["image"] for it in items]).to(info.device).float() / 255  # (B, 3, S, S)
+            x = torch.stack([it["image"] for it in items]).to(device).float() / 255  # (B, 3, S, S)
             lat.append(tokenizer.encode(x).float().cpu())
             lat_flip.append(tokenizer.encode(x.flip(-1)).float().cpu())
             labels += [label_fn(it) for it in items]
             captions += [it.get("caption") for it in items]
             bar.update(len(items))
+            stop = run.step_done(agree=False)  # ranks extract different shards: each stops on its own
+            if stop and start + len(labels) < end:
+                if any(c is not None for c in captions):
+                    (out / PARTIAL_CAPTIONS.format(k)).write_text(json.dumps(captions))
+                _write_shard(out / PARTIAL.format(k), {"latents": torch.cat(lat), "latents_flip": torch.cat(lat_flip),
+                                                       "labels": torch.tensor(labels, dtype=torch.long)})
+                raise run.interrupted(stop, 0, f"{len(labels)} images of shard {k} saved in {out / PARTIAL.format(k)}"
+                                               ", finished shards kept")
         if any(c is not None for c in captions):
             (out / CAPTIONS.format(k)).write_text(json.dumps(captions))
         _write_shard(out / SHARD.format(k), {
             "latents": torch.cat(lat), "latents_flip": torch.cat(lat_flip),
             "labels": torch.tensor(labels, dtype=torch.long), "indices": torch.arange(start, end, dtype=torch.long),
         })
+        (out / PARTIAL.format(k)).unlink(missing_ok=True)
+        (out / PARTIAL_CAPTIONS.format(k)).unlink(missing_ok=True)
     bar.close()
     dist.barrier()
     if dist.is_main():
@@ -201,7 +237,7 @@ def load_latent_stats(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     file = path / STATS if path.is_dir() else path
     if not file.is_file():
-        raise OpenVTPError(f"latent statistics not found: {file} (run compute_latent_stats)")
+        raise OpenVTPError(f"latent statistics not found: {file} (openvtp extract-latents writes them)")
     try:
         stats = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:

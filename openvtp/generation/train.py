@@ -32,6 +32,8 @@ from openvtp.models.dit import LightningDiT
 from openvtp.train import dist
 from openvtp.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from openvtp.train.logger import time_limit_message
+from openvtp.train.interrupt import quiet_worker
+from openvtp.train.run_folder import RunFolder
 
 log = logging.getLogger("openvtp.dit")
 
@@ -120,11 +122,18 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
 
     callback(step, terms) runs on every rank after each optimiser step (step counts completed steps).
     With train.time_limit_s > 0 the run stops after that long with a checkpoint; every rank
-    stops at the same step (rank 0's clock decides).
+    stops at the same step (rank 0's clock decides). The run folder, interrupts and early failures
+    behave as in pre-training (`RunFolder`).
     """
     info = dist.init(cfg.train.device)
+    validate(cfg, dist.world_size())
+    with RunFolder(cfg.train.run_dir, "train.run_dir", dist.is_main(), info.device, cfg.train.resume) as run:
+        return _train_dit(cfg, info, run, callback)
+
+
+def _train_dit(cfg: GenerationConfig, info: dist.DistInfo, run: RunFolder,
+               callback: Callable[[int, dict], None] | None) -> list[float]:
     world, rank = dist.world_size(), dist.rank()
-    validate(cfg, world)
     tc, device = cfg.train, info.device
     run_dir = Path(tc.run_dir)
     if not cfg.data.latents_dir:
@@ -172,7 +181,7 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
     B, b = tc.batch_size, tc.batch_size // world
     sampler = StepBatches(len(data), B, tc.seed, step, tc.steps, rank, world)
     loader = DataLoader(data, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", worker_init_fn=quiet_worker)
     writer = None
     if tc.tensorboard and dist.is_main():
         from torch.utils.tensorboard import SummaryWriter
@@ -194,6 +203,9 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
     t_start = time.perf_counter()
     bar = tqdm(total=tc.steps, initial=step, desc="train dit", unit="step",
                disable=not (tc.progress and dist.is_main()))
+    run.on_exit(bar.close)
+    if writer is not None:
+        run.on_exit(writer.close)
     t_last, step_last = time.perf_counter(), step
     for x, y in loader:
         # randomness of the whole global batch from (seed, step); this rank takes its slice
@@ -235,8 +247,11 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
         if callback is not None:
             callback(step, terms)
         out_of_time = tc.time_limit_s > 0 and _broadcast_flag(time.perf_counter() - t_start > tc.time_limit_s, device)
-        if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or out_of_time:
+        stop = run.step_done()
+        if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or out_of_time or stop:
             save(step)
+        if stop:
+            raise run.interrupted(stop, step)
         if out_of_time and step < tc.steps:
             log.warning("warning: %s: the run is incomplete", time_limit_message(tc.time_limit_s, step, tc.steps))
             break

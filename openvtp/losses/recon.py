@@ -51,8 +51,8 @@ def _hub_trunk_state_dict(net: str) -> dict[str, torch.Tensor]:
         reason = f"{type(e).__name__}: {e}".replace("\n", " ")
         raise OpenVTPError(
             f"LPIPS '{net}' needs torchvision's ImageNet weights: {cached} is missing and downloading {url} "
-            f"failed ({reason}); copy that file to {cached}, or set lpips_backbone to a local .pth/.safetensors "
-            f"state dict (or 'random' for tests)"
+            f"failed ({reason}); copy that file to {cached}, or set recon.lpips_backbone (openvtp pretrain) or "
+            f"loss.lpips_backbone (openvtp finetune-decoder) to a local .pth/.safetensors state dict (random: tests)"
         ) from e
 
 

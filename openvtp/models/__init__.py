@@ -1,4 +1,13 @@
+"""The VTP model and its config. `VTPModel` (torch) is imported on first use, so that code needing only the
+config (the CLI's checks, `openvtp.config`) starts without torch."""
 from .config import VTPConfig
-from .vtp import VTPModel
 
 __all__ = ["VTPConfig", "VTPModel"]
+
+
+def __getattr__(name: str):
+    if name == "VTPModel":
+        from .vtp import VTPModel
+
+        return VTPModel
+    raise AttributeError(f"module 'openvtp.models' has no attribute {name!r}")

@@ -82,6 +82,17 @@ class VTPConfig:
     def latent_dim(self) -> int:
         return self.vision_feature_bottleneck
 
+    def resolution(self, size: int | None, model: str) -> int:
+        """The side images are run at: `size` (a command's --size) or image_size, a multiple of the patch size
+        either way; the error blames the one that was used (`model` names the checkpoint)."""
+        p = self.vision_patch_size
+        if size is not None and size % p:
+            raise OpenVTPError(f"--size {size} is not a multiple of the patch size {p} of {model}")
+        if size is None and self.image_size % p:
+            raise OpenVTPError(f"{model}: config.json image_size {self.image_size} is not a multiple of its patch "
+                               f"size {p}; pass --size")
+        return size or self.image_size
+
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:

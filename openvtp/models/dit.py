@@ -24,25 +24,7 @@ from torch import nn
 
 from openvtp.errors import OpenVTPError
 
-# LightningDiT's sizes (width, depth, heads), the same as DiT's.
-DIT_SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (64, 2, 2),  # for tests
-    "mini": (192, 6, 3),  # CPU demo
-    "s": (384, 12, 6),
-    "b": (768, 12, 12),
-    "l": (1024, 24, 16),
-    "xl": (1152, 28, 16),
-}
-# The registry the CLI lists: dit-<size>-<patch>, e.g. dit-xl-1 is LightningDiT-XL/1.
-DIT_PRESETS: dict[str, dict[str, int]] = {
-    f"dit-{size}-{patch}": dict(hidden_size=w, depth=d, num_heads=h, patch_size=patch)
-    for size, (w, d, h) in DIT_SIZES.items()
-    for patch in (1, 2)
-}
-
-
-def dit_preset_names() -> list[str]:
-    return list(DIT_PRESETS)
+from .dit_sizes import DIT_PRESETS, DIT_SIZES, dit_preset_names  # noqa: F401 (the registry lives without torch)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from openvtp.errors import OpenVTPError
+from openvtp.files import temp_dir, write_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -76,13 +76,13 @@ def write_model_dir(path: str | os.PathLike, config_dict: dict, state: dict[str,
     """Write config.json + model.safetensors into `path` atomically (temp folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = temp_dir(path.parent, path.name)
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2) + "\n")
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_NAME),
-                  metadata={"format": "pt"})
+        write_safetensors({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp / WEIGHTS_NAME,
+                          metadata={"format": "pt"})
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+            old = temp_dir(path.parent, f"{path.name}.old")
             os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

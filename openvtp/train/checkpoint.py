@@ -10,13 +10,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from openvtp.errors import OpenVTPError
+from openvtp.files import naming, temp_dir, temp_file
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -26,9 +26,9 @@ def _atomic_write(path: str | Path, write) -> None:
     """`write(f)` into a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path.parent, path.name)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -52,12 +52,13 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, config_yaml: st
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:07d}."))
+    tmp = temp_dir(root, final.name)
     try:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp / "state.pt")
-        (tmp / "config.yaml").write_text(config_yaml)
-        with open(tmp / "state.pt", "rb") as f:
+        with naming(final), open(tmp / "state.pt", "wb") as f:  # a full disk: OSError, not torch's RuntimeError
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
             os.fsync(f.fileno())
+        (tmp / "config.yaml").write_text(config_yaml)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -26,6 +26,8 @@ from openvtp.data.text import tokenize
 from openvtp.data.views import (STREAM_CLIP, STREAM_MASK, STREAM_RECON, STREAM_SSL, MultiCrop, contrastive_view,
                                 reconstruction_view, sample_generator)
 
+from .interrupt import quiet_worker
+
 EMBEDDED_LENGTH = 10**9  # procedural scenes never repeat within a run
 
 
@@ -171,4 +173,4 @@ def build_loader(cfg: PretrainConfig, rank: int, world_size: int, start_step: in
     batches = StepBatches(source, PretrainCollate(cfg, layout), layout, start_step, cfg.train.steps)
     workers = cfg.data.workers
     return DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=False,
-                      prefetch_factor=2 if workers > 0 else None)
+                      prefetch_factor=2 if workers > 0 else None, worker_init_fn=quiet_worker)

@@ -28,6 +28,7 @@ from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
 from .data import build_loader
 from .logger import RunLogger, time_limit_message
 from .loop import adamw, param_groups, precision_context
+from .run_folder import RunFolder
 from .schedules import warmup_cosine
 
 log = logging.getLogger("openvtp.train")
@@ -106,9 +107,15 @@ class DecoderGAN(nn.Module):
 
 
 def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
-    """Run stage 2; returns the summary (also written to out_dir/summary.json)."""
+    """Run stage 2; returns the summary (also written to out_dir/summary.json). The run folder, interrupts and
+    early failures behave as in pre-training (`RunFolder`)."""
     info = dist.init(cfg.train.device)
     validate_finetune(cfg, info.world_size)
+    with RunFolder(cfg.train.out_dir, "train.out_dir", info.rank == 0, info.device, cfg.train.resume) as run:
+        return _finetune_decoder(cfg, info, run)
+
+
+def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunFolder) -> dict:
     model = load_stage1(cfg.init)
     out = Path(cfg.train.out_dir)
     main = info.rank == 0
@@ -139,6 +146,7 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
     pcfg = reconstruction_data_config(cfg, model)
     loader = build_loader(pcfg, info.rank, info.world_size, start)
     logger = RunLogger(out, pcfg, start, enabled=main, desc="finetune-decoder")
+    run.on_exit(logger.close)
     config_yaml = (out / "config.yaml").read_text() if main else ""
     heldout, before = None, {}
     if main and cfg.data.source == "embedded":
@@ -191,8 +199,11 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
         # ranks agree, or one would stop while the others wait in the next collective
         out_of_time = cfg.train.time_limit_s > 0 and dist.any_rank(time.time() - t_start > cfg.train.time_limit_s,
                                                                    info.device)
-        if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or out_of_time:
+        stop = run.step_done()
+        if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or out_of_time or stop:
             checkpoint(done)
+        if stop:
+            raise run.interrupted(stop, done)
         if out_of_time:
             stopped = time_limit_message(cfg.train.time_limit_s, done, cfg.train.steps)
             logger.warn(f"{stopped}: the run is incomplete, its figures are not the config's result")

@@ -82,3 +82,12 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def cleanup() -> None:
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest `value` of any rank, on every rank."""
+    if not is_dist():
+        return value
+    t = torch.tensor(float(value), device=device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return int(t.item())

@@ -42,6 +42,12 @@ class RunLogger:
                         mininterval=2.0)
         self.skipped = 0.0
 
+    def close(self) -> None:
+        """Close the progress bar and TensorBoard of a run that stops early."""
+        if self.enabled:
+            self.bar.close()
+            self.tb.close()
+
     def warn(self, message: str) -> None:
         if self.enabled:
             self.bar.write(f"warning: {message}")

@@ -23,6 +23,7 @@ from . import dist, parallel
 from .checkpoint import resolve_resume, save_checkpoint
 from .data import build_loader
 from .logger import RunLogger, time_limit_message
+from .run_folder import RunFolder
 from .schedules import cosine, warmup_cosine
 from .task import PretrainTask
 
@@ -77,9 +78,18 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
-    """Run pre-training; returns the final summary (also written to out_dir/summary.json)."""
+    """Run pre-training; returns the final summary (also written to out_dir/summary.json).
+
+    The run folder is locked for the run; SIGINT / SIGTERM stop it at a step boundary with a checkpoint
+    (`Interrupted`), and a run that fails before its first step leaves the folder as it found it.
+    """
     info = dist.init(cfg.train.device)
     validate(cfg, info.world_size)
+    with RunFolder(cfg.train.out_dir, "train.out_dir", info.rank == 0, info.device, cfg.train.resume) as run:
+        return _pretrain(cfg, info, run)
+
+
+def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
     out = Path(cfg.train.out_dir)
     main = info.rank == 0
     if main:
@@ -103,6 +113,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             log.info("resumed from %s at step %d", resume_from, start)
     loader = build_loader(cfg, info.rank, info.world_size, start)
     logger = RunLogger(out, cfg, start, enabled=main)
+    run.on_exit(logger.close)
 
     total, bad_streak, step = cfg.train.steps, 0, start
     stopped = None
@@ -181,8 +192,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
         # ranks agree, or one would stop while the others wait in the next collective
         out_of_time = cfg.train.time_limit_s > 0 and dist.any_rank(time.time() - t_start > cfg.train.time_limit_s,
                                                                    info.device)
-        if done % cfg.train.ckpt_every == 0 or done == total or out_of_time:
+        stop = run.step_done()
+        if done % cfg.train.ckpt_every == 0 or done == total or out_of_time or stop:
             checkpoint(done)
+        if stop:
+            raise run.interrupted(stop, done)
         if out_of_time:
             stopped = time_limit_message(cfg.train.time_limit_s, done, cfg.train.steps)
             logger.warn(f"{stopped}: the run is incomplete, its figures are not the config's result")

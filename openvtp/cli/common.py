@@ -1,0 +1,68 @@
+"""What every command shares: argument types, output folders checked before work, the help format.
+
+No torch here, so `--help` and the mistakes argparse or these checks catch answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from openvtp.files import remove_created, writable_dir
+
+_created: list[Path] = []  # output folders this command created; removed again (if empty) when it fails
+
+
+def output_folder(path: str | Path, flag: str) -> Path:
+    """Create output folder `path` and check that it can be written, before any work; `flag` names it in errors."""
+    _created.extend(writable_dir(path, flag))
+    return Path(path)
+
+
+def forget_created(failed: bool) -> None:
+    """At the end of a command: a failed one takes back the empty folders it made."""
+    if failed:
+        remove_created(_created)
+    _created.clear()
+
+
+def _int_at_least(lowest: int, what: str):
+    """An argparse type: an integer >= `lowest` (argparse names the flag in its one-line error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds '(default: X)' to an option's help unless the help already speaks of its default or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default in ("", [], argparse.SUPPRESS):
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Every command's parser: defaults in --help, and a flag mistake as one line (not the whole usage)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
