@@ -92,3 +92,16 @@ def test_a_study_folder_keeps_one_set_of_settings(tmp_path, capsys):
     _check_settings(tmp_path, ["dit.train.steps=9"])
     with pytest.raises(OpenVTPError, match="other settings"):
         _check_settings(tmp_path, ["dit.train.steps=10"])
+
+
+def test_a_second_study_into_a_live_folder_fails(tmp_path):
+    from openvtp.experiments.study import run_study
+    from openvtp.train.run_folder import release_lock, take_lock
+
+    lock = take_lock(tmp_path / "study.lock", "--out")
+    try:
+        with pytest.raises(OpenVTPError, match="in use by a live run"):
+            run_study(tmp_path, ["ae"], [2], [0], [*TINY, *STAGE2, *GENERATION])
+    finally:
+        release_lock(tmp_path / "study.lock", lock)
+    assert not (tmp_path / "cells").exists()

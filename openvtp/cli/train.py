@@ -70,6 +70,7 @@ def cmd_study(args) -> None:
     from openvtp.experiments.study import run_study
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    output_folder(args.out, "--out")
     result = run_study(args.out, variants, _int_list(args.tokenizer_steps, "--tokenizer-steps"),
                        _int_list(args.seeds, "--seeds"), args.overrides, jobs=args.jobs)
     incomplete = [c["cell"] for c in result["cells"] if not c["complete"]]

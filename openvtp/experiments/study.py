@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from openvtp.errors import OpenVTPError
+from openvtp.errors import Interrupted, OpenVTPError
 from openvtp.train.checkpoint import write_json_atomic
 
 from .demo import plan_demo, run_demo, split_overrides
@@ -277,6 +277,19 @@ def run_study(out: str | Path, variants: Sequence[str], steps: Sequence[int], se
     if any(not plan.generation.enabled for plan in plans.values()):
         raise OpenVTPError("generation.enabled=false: a study measures generation")
     _check_settings(out, overrides)
+    from openvtp.train.run_folder import release_lock, take_lock
+
+    lock = take_lock(out / "study.lock", "--out")
+    try:
+        return _run_cells(out, cells, plans, overrides, jobs, progress)
+    except Interrupted as e:  # the unfinished cell is done again: the same command continues the study
+        raise Interrupted(e.signum, f"{e.saved}; finished cells are kept", ()) from None
+    finally:
+        release_lock(out / "study.lock", lock)
+
+
+def _run_cells(out: Path, cells: list[Cell], plans: dict, overrides: Sequence[str], jobs: int,
+               progress: bool) -> dict:
     finished = read_cells(out)
     done = {c["cell"] for c in finished}
     todo = [c for c in cells if c.name not in done]
