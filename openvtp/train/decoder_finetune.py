@@ -27,7 +27,8 @@ from . import dist
 from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
 from .data import build_loader
 from .logger import RunLogger
-from .loop import adamw, param_groups, precision_context
+from .loop import precision_context
+from .optim import adamw, param_groups
 from .schedules import warmup_cosine
 
 log = logging.getLogger("openvtp.train")
