@@ -57,11 +57,15 @@ def test_param_groups_layer_decay_patch_embed_and_last_layer(tmp_path):
     assert {g["lr"] for g in opt.param_groups if g["last_layer"]} == {1.0}
 
 
-def test_prototypes_do_not_move_while_frozen_and_wd_follows_its_cosine(tmp_path):
+def test_loop_freezes_prototypes_schedules_wd_and_logs_health_on_log_steps(tmp_path, monkeypatch):
+    import openvtp.train.objectives.ssl as ssl_mod
     from openvtp.train.loop import pretrain
 
+    calls = []
+    health = ssl_mod.ssl_health
+    monkeypatch.setattr(ssl_mod, "ssl_health", lambda *a: calls.append(1) or health(*a))
     run = tmp_path / "run"
-    cfg = tiny_config(run, "ssl.freeze_last_layer_steps=2", "train.steps=3", "train.ckpt_every=1",
+    cfg = tiny_config(run, "ssl.freeze_last_layer_steps=2", "train.steps=3", "train.ckpt_every=1", "train.log_every=2", "optim.clip_mode=module",
                       "optim.weight_decay=0.04", "optim.weight_decay_end=0.4", "optim.warmup_steps=0")
     torch.manual_seed(cfg.train.seed)  # the loop builds the task right after this seed
     init = PretrainTask(cfg, VTPModel(cfg.model)).state_dict()
@@ -72,7 +76,9 @@ def test_prototypes_do_not_move_while_frozen_and_wd_follows_its_cosine(tmp_path)
         assert not torch.equal(states[3][key], init[key]), f"{key} did not move after the freeze"
     assert not torch.equal(states[1]["ssl.head.mlp.0.weight"], init["ssl.head.mlp.0.weight"])
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    cosine = [0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * s / 3)) for s in range(3)]
+    assert [r["step"] for r in rows] == [2, 3] and len(calls) == 2  # health computed on log steps only
+    assert all(k in r for r in rows for k in ("ssl_teacher_entropy", "ssl_prototypes_used", "grad_norm_trunk"))
+    cosine = [0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * s / 3)) for s in (1, 2)]  # wd of steps 1, 2
     assert [r["weight_decay"] for r in rows] == pytest.approx(cosine)
 
 
