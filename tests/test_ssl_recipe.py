@@ -26,8 +26,9 @@ def _task(tmp_path, *extra):
 
 def test_presets_follow_dinov2_vitl_and_the_demo_pins_its_tuned_optimizer():
     l = load_config(PretrainConfig, "vtp-l")
-    assert (l.ssl.prototypes, l.ssl.momentum, l.ssl.drop_path, l.ssl.freeze_last_layer_steps) == (131072, (0.994, 1.0), 0.4, 1250)
-    assert (l.optim.weight_decay, l.optim.weight_decay_end, l.optim.layer_decay, l.optim.patch_embed_lr_mult) == (0.04, 0.2, 1.0, 0.2)
+    s, o = l.ssl, l.optim
+    assert (s.prototypes, s.momentum, s.drop_path, s.freeze_last_layer_steps) == (131072, (0.994, 1.0), 0.4, 1250)
+    assert (o.weight_decay, o.weight_decay_end, o.layer_decay, o.patch_embed_lr_mult) == (0.04, 0.2, 1.0, 0.2)
     assert (l.optim.beta2, l.optim.grad_clip, l.optim.clip_mode) == (0.999, 3.0, "module")
     assert l.ssl.blur_p == (0.0, 0.9, 0.5) and not l.ssl.ibot_separate_head and l.ssl.train_gain
     d = load_config(PretrainConfig, "demo")
@@ -65,8 +66,9 @@ def test_loop_freezes_prototypes_schedules_wd_and_logs_health_on_log_steps(tmp_p
     health = ssl_mod.ssl_health
     monkeypatch.setattr(ssl_mod, "ssl_health", lambda *a: calls.append(1) or health(*a))
     run = tmp_path / "run"
-    cfg = tiny_config(run, "ssl.freeze_last_layer_steps=2", "train.steps=3", "train.ckpt_every=1", "train.log_every=2", "optim.clip_mode=module",
-                      "optim.weight_decay=0.04", "optim.weight_decay_end=0.4", "optim.warmup_steps=0")
+    cfg = tiny_config(run, "ssl.freeze_last_layer_steps=2", "train.steps=3", "train.ckpt_every=1", "train.log_every=2",
+                      "optim.clip_mode=module", "optim.weight_decay=0.04", "optim.weight_decay_end=0.4",
+                      "optim.warmup_steps=0")
     torch.manual_seed(cfg.train.seed)  # the loop builds the task right after this seed
     init = PretrainTask(cfg, VTPModel(cfg.model)).state_dict()
     pretrain(cfg)
@@ -151,7 +153,8 @@ def test_blur_rates_are_dinov2s_effective_ones():
 
 def test_blur_sigma_scales_with_the_crop_size():
     def transition(size: int, **kw) -> float:
-        mc = _plain_multicrop(global_size=size, local_size=8, n_local=0, blur_p=(1.0, 1.0, 1.0), blur_sigma=(2.0, 2.0), **kw)
+        mc = _plain_multicrop(global_size=size, local_size=8, n_local=0, blur_p=(1.0, 1.0, 1.0), blur_sigma=(2.0, 2.0),
+                              **kw)
         row = mc(_edge(448), sample_generator(0, 0, 0))[0][0][0, size // 2]
         row = (row - row.min()) / (row.max() - row.min())
         return float(((row > 0.05) & (row < 0.95)).sum()) / size  # share of the row inside the edge
@@ -177,7 +180,7 @@ def test_ibot_and_koleo_scales(tmp_path, monkeypatch):
         task = PretrainTask(c, VTPModel(c.model))
         terms[opts[0]] = task.ssl(task.model, batch, 0)
         cls = task.model.trunk(batch["ssl_globals"].flatten(0, 1), masks=masks)[:, 0].chunk(c.ssl.n_global)
-        koleo = [task.ssl.koleo(x) for x in cls] if opts[2] == "rank" else [task.ssl.koleo(torch.cat([x, other])) for x in cls]
+        koleo = [task.ssl.koleo(x if opts[2] == "rank" else torch.cat([x, other])) for x in cls]
         want = sum(koleo) if opts[1] == "sum" else sum(koleo) / len(koleo)
         assert float(terms[opts[0]]["ssl_koleo"]) == pytest.approx(float(want.detach()), rel=1e-5)
     masked_images = int((masks.sum(dim=1) > 0).sum())

@@ -65,7 +65,7 @@ class SSLConfig:
     dino_weight: float = 1.0
     ibot_weight: float = 1.0
     koleo_weight: float = 0.1
-    ibot_normalize: str = "all"     # all: masked-patch CE summed per image, / all global crops (DINOv2) | masked: / masked crops
+    ibot_normalize: str = "all"     # all: per-image patch CE summed / all global crops (DINOv2) | masked: / masked crops
     koleo_crops: str = "sum"        # sum over the global crops (DINOv2) | mean
     koleo_batch: str = "rank"       # rank: each process's batch (DINOv2) | global: gathered over ranks
     centering: str = "sinkhorn"     # sinkhorn | softmax

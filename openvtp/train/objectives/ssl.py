@@ -78,7 +78,8 @@ class SSLObjective(nn.Module):
         self.teacher.eval()
         tokens = self.teacher["trunk"](globals_)  # (G*B, 1+N, D)
         cls_logits = self.teacher["head"](tokens[:, 0])
-        patch_logits = self.teacher["ibot_head" if self.ibot_head is not None else "head"](tokens[:, 1:][masks])  # (M, K)
+        ibot_head = self.teacher["ibot_head" if self.ibot_head is not None else "head"]
+        patch_logits = ibot_head(tokens[:, 1:][masks])  # (M, K)
         temp = self.teacher_temp(step)
         if self.cfg.centering == "sinkhorn":
             cls_p = self.dino.sinkhorn_knopp_teacher(cls_logits, temp)
@@ -119,8 +120,8 @@ class SSLObjective(nn.Module):
     def _koleo(self, s_cls: torch.Tensor, n_global: int) -> torch.Tensor:
         """KoLeo of each global crop's student CLS over this rank's batch (DINOv2) or the batch of all ranks,
         summed over the crops (DINOv2) or averaged."""
-        per_crop = [self.koleo(c if self.cfg.koleo_batch == "rank" else _gather_with_grad(c)) for c in s_cls.chunk(n_global)]
-        total = sum(per_crop)
+        total = sum(self.koleo(c if self.cfg.koleo_batch == "rank" else _gather_with_grad(c))
+                    for c in s_cls.chunk(n_global))
         return total if self.cfg.koleo_crops == "sum" else total / n_global
 
     def heads(self) -> list[nn.Module]:
