@@ -35,6 +35,7 @@ def test_presets_follow_dinov2_vitl_and_the_demo_pins_its_tuned_optimizer():
     assert (d.optim.weight_decay, d.optim.weight_decay_end, d.optim.beta2, d.optim.grad_clip, d.optim.clip_mode) == \
         (0.05, 0.05, 0.95, 1.0, "global")
     assert 0 < d.ssl.freeze_last_layer_steps <= 0.05 * d.train.steps
+    assert (d.ssl.blur_p, d.ssl.blur_reference) == ((1.0, 0.1, 0.5), (32, 16))  # the blur the demo was tuned with
 
 
 def test_param_groups_layer_decay_patch_embed_and_last_layer(tmp_path):

@@ -58,7 +58,8 @@ class SSLConfig:
     gray_p: float = 0.2
     # DINOv2's GaussianBlur hands 1-p to RandomApply: its stated (1.0, 0.1, 0.5) blur with these rates
     blur_p: tuple[float, float, float] = (0.0, 0.9, 0.5)  # first global crop, other globals, locals
-    blur_sigma: tuple[float, float] = (0.1, 2.0)  # px at DINOv2's 224 / 96 px crops; scaled with the crop size
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # px (and a 9 px kernel) at blur_reference; scaled with the crop size
+    blur_reference: tuple[int, int] = (224, 96)   # global, local crop sides at which blur_sigma holds: DINOv2's
     solarize_p: float = 0.2         # globals after the first
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     mask_probability: float = 0.5   # share of the step's global crops masked (which ones: shuffled)
@@ -253,6 +254,7 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
             _need(0 <= getattr(s, key) <= 1, f"ssl.{key} must be in [0, 1]")
         _need(all(0 <= v <= 1 for v in s.blur_p), "ssl.blur_p values must be in [0, 1]")
         _need(0 < s.blur_sigma[0] <= s.blur_sigma[1], "ssl.blur_sigma must satisfy 0 < lo <= hi")
+        _need(min(s.blur_reference) > 0, "ssl.blur_reference sizes must be positive")
         _need(s.ibot_normalize in ("all", "masked"), "ssl.ibot_normalize must be all or masked")
         _need(s.koleo_crops in ("sum", "mean"), "ssl.koleo_crops must be sum or mean")
         _need(s.koleo_batch in ("rank", "global"), "ssl.koleo_batch must be rank or global")

@@ -87,7 +87,8 @@ class PretrainCollate:
         s = cfg.ssl
         self.multicrop = MultiCrop(s.global_size, s.local_size, s.n_global, s.n_local, s.global_scale, s.local_scale,
                                    flip_p=s.flip_p, jitter_p=s.jitter_p, gray_p=s.gray_p, blur_p=tuple(s.blur_p),
-                                   blur_sigma=tuple(s.blur_sigma), solarize_p=s.solarize_p) if s.weight > 0 else None
+                                   blur_sigma=tuple(s.blur_sigma), blur_reference=tuple(s.blur_reference),
+                                   solarize_p=s.solarize_p) if s.weight > 0 else None
         self.grid = s.global_size // cfg.model.vision_patch_size
 
     def _mask_plan(self, step: int) -> torch.Tensor:
