@@ -13,7 +13,7 @@ from openvtp.losses import IBOTPatchLoss
 from openvtp.models import VTPModel
 from openvtp.train import optim
 from openvtp.train.checkpoint import load_checkpoint
-from openvtp.train.data import build_loader
+from openvtp.train.data import PretrainCollate, build_loader, layout_for
 from openvtp.train.task import PretrainTask
 
 from .test_train import tiny_config
@@ -36,6 +36,9 @@ def test_presets_follow_dinov2_vitl_and_the_demo_pins_its_tuned_optimizer():
         (0.05, 0.05, 0.95, 1.0, "global")
     assert 0 < d.ssl.freeze_last_layer_steps <= 0.05 * d.train.steps
     assert (d.ssl.blur_p, d.ssl.blur_reference) == ((1.0, 0.1, 0.5), (32, 16))  # the blur the demo was tuned with
+    crops = PretrainCollate(l, layout_for(l, 0, 1)).multicrop  # the pipeline draws crops from the config
+    assert (crops.blur_p, crops.blur_sigma, crops.blur_reference, crops.gray_p, crops.solarize_p, crops.flip_p) == \
+        (s.blur_p, s.blur_sigma, s.blur_reference, s.gray_p, s.solarize_p, s.flip_p)
 
 
 def test_param_groups_layer_decay_patch_embed_and_last_layer(tmp_path):
