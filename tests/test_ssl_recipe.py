@@ -29,16 +29,19 @@ def test_presets_follow_dinov2_vitl_and_the_demo_pins_its_tuned_optimizer():
     s, o = l.ssl, l.optim
     assert (s.prototypes, s.momentum, s.drop_path, s.freeze_last_layer_steps) == (131072, (0.994, 1.0), 0.4, 1250)
     assert (o.weight_decay, o.weight_decay_end, o.layer_decay, o.patch_embed_lr_mult) == (0.04, 0.2, 1.0, 0.2)
-    assert (l.optim.beta2, l.optim.grad_clip, l.optim.clip_mode) == (0.999, 3.0, "module")
-    assert l.ssl.blur_p == (0.0, 0.9, 0.5) and not l.ssl.ibot_separate_head and l.ssl.train_gain
+    assert (o.beta2, o.grad_clip, o.clip_mode) == (0.999, 3.0, "module")
+    assert s.blur_p == (0.0, 0.9, 0.5) and not s.ibot_separate_head and s.train_gain
     d = load_config(PretrainConfig, "demo")
     assert (d.optim.weight_decay, d.optim.weight_decay_end, d.optim.beta2, d.optim.grad_clip, d.optim.clip_mode) == \
         (0.05, 0.05, 0.95, 1.0, "global")
     assert 0 < d.ssl.freeze_last_layer_steps <= 0.05 * d.train.steps
     assert (d.ssl.blur_p, d.ssl.blur_reference) == ((1.0, 0.1, 0.5), (32, 16))  # the blur the demo was tuned with
-    crops = PretrainCollate(l, layout_for(l, 0, 1)).multicrop  # the pipeline draws crops from the config
-    assert (crops.blur_p, crops.blur_sigma, crops.blur_reference, crops.gray_p, crops.solarize_p, crops.flip_p) == \
-        (s.blur_p, s.blur_sigma, s.blur_reference, s.gray_p, s.solarize_p, s.flip_p)
+    # the pipeline draws its crops from the config
+    c = load_config(PretrainConfig, "demo", ["ssl.flip_p=0.4", "ssl.jitter_p=0.7", "ssl.gray_p=0.3",
+                                             "ssl.solarize_p=0.1", "ssl.blur_sigma=[0.2,1.5]"])
+    crops = PretrainCollate(c, layout_for(c, 0, 1)).multicrop
+    keys = ("flip_p", "jitter_p", "gray_p", "solarize_p", "blur_p", "blur_sigma", "blur_reference")
+    assert all(getattr(crops, k) == getattr(c.ssl, k) for k in keys), [(k, getattr(crops, k)) for k in keys]
 
 
 def test_param_groups_layer_decay_patch_embed_and_last_layer(tmp_path):
