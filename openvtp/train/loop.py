@@ -148,11 +148,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
             momentum = cosine(step, total, *cfg.ssl.momentum)
             task.ssl.update_teacher(model, momentum)
 
-        # one collective and one host sync for every tensor scalar; per-module norms only when logged
+        # one collective and one host sync for every tensor scalar (FSDP holds the logit scale as a
+        # 1-element vector); per-module norms only when logged
         terms_sum["grad_norm"] = total_norm(norms, info.device)
         if log_due and cfg.optim.clip_mode == "module":
             terms_sum.update({f"grad_norm_{part}": n for part, n in norms.items()})
-        values = dist.all_reduce_mean(torch.stack([v.float().to(info.device) for v in terms_sum.values()])).tolist()
+        values = dist.all_reduce_mean(torch.stack([v.float().reshape(()).to(info.device)
+                                                   for v in terms_sum.values()])).tolist()
         scalars = dict(zip(terms_sum, values))
         scalars.update(lr=lr, weight_decay=wd, images_per_s=cfg.train.batch / max(time.time() - t0, 1e-9),
                        skipped_samples=float(dist.all_reduce_sum(batch["skipped"].float()).item()))
