@@ -15,7 +15,7 @@ import torch
 from openvtp.config.load import load_config
 from openvtp.config.schema import PretrainConfig
 from openvtp.models import VTPModel
-from openvtp.train.loop import param_groups
+from openvtp.train.optim import param_groups
 from openvtp.train.task import PretrainTask
 
 

@@ -34,29 +34,47 @@ class ClipConfig:
 
 @dataclass
 class SSLConfig:
+    """DINOv2's recipe as its code runs it (ssl_default_config.yaml, the ViT-L/16 recipe), where VTP is silent.
+
+    Step counts are DINOv2's iterations: an epoch is 1250 of them (OFFICIAL_EPOCH_LENGTH).
+    """
+
     weight: float = 1.0             # lambda_ssl; 0 removes the branch (and the teacher)
     batch: int = 4096               # B_ssl: images per step that feed DINO + iBOT
     prototypes: int = 65536         # K; far fewer at demo scale
     head_hidden: int = 2048
     head_bottleneck: int = 256
+    ibot_separate_head: bool = False  # True: iBOT gets its own head (and teacher head), as DINOv2's ViT-L/g recipes
+    train_gain: bool = True         # the last layer's weight-norm gain g is learnt (DINOv2); False fixes it at 1
+    freeze_last_layer_steps: int = 1250   # the heads' last layer (prototypes, gain) has lr 0 this long (one epoch)
     n_global: int = 2
     n_local: int = 8
     global_size: int = 224
     local_size: int = 96
     global_scale: tuple[float, float] = (0.32, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.32)
+    flip_p: float = 0.5
     jitter_p: float = 0.8
+    gray_p: float = 0.2
+    # DINOv2's GaussianBlur hands 1-p to RandomApply: its stated (1.0, 0.1, 0.5) blur with these rates
+    blur_p: tuple[float, float, float] = (0.0, 0.9, 0.5)  # first global crop, other globals, locals
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # px (and a 9 px kernel) at blur_reference; scaled with the crop size
+    blur_reference: tuple[int, int] = (224, 96)   # global, local crop sides at which blur_sigma holds: DINOv2's
+    solarize_p: float = 0.2         # globals after the first
     mask_ratio: tuple[float, float] = (0.1, 0.5)
-    mask_probability: float = 0.5
+    mask_probability: float = 0.5   # share of the step's global crops masked (which ones: shuffled)
     dino_weight: float = 1.0
     ibot_weight: float = 1.0
     koleo_weight: float = 0.1
+    ibot_normalize: str = "all"     # all: per-image patch CE summed / all global crops (DINOv2) | masked: / masked crops
+    koleo_crops: str = "sum"        # sum over the global crops (DINOv2) | mean
+    koleo_batch: str = "rank"       # rank: each process's batch (DINOv2) | global: gathered over ranks
     centering: str = "sinkhorn"     # sinkhorn | softmax
     student_temp: float = 0.1
     teacher_temp: tuple[float, float] = (0.04, 0.07)
-    teacher_temp_warmup_steps: int = 10000
+    teacher_temp_warmup_steps: int = 37500   # 30 epochs
     momentum: tuple[float, float] = (0.992, 1.0)   # teacher EMA, cosine from first to second
-    drop_path: float = 0.1
+    drop_path: float = 0.3
 
 
 @dataclass
@@ -73,12 +91,16 @@ class ReconConfig:
 class OptimConfig:
     lr: float = 5e-4
     min_lr: float = 1e-6
-    weight_decay: float = 0.05
+    weight_decay: float = 0.04      # cosine from weight_decay to weight_decay_end (DINOv2); equal values: constant
+    weight_decay_end: float = 0.4
     beta1: float = 0.9
-    beta2: float = 0.95
+    beta2: float = 0.999
     eps: float = 1e-8
     warmup_steps: int = 2000
-    grad_clip: float = 1.0          # 0 disables
+    grad_clip: float = 3.0          # 0 disables
+    clip_mode: str = "module"       # module: each part's norm clipped alone (DINOv2) | global: one norm over all
+    layer_decay: float = 0.9        # lr x layer_decay^(depth + 1 - layer) over the vision trunk (DINOv2)
+    patch_embed_lr_mult: float = 0.2
     accum_steps: int = 1
 
 
@@ -147,7 +169,10 @@ class FinetuneDecoderConfig:
     data: DataConfig = field(default_factory=DataConfig)
     loss: DecoderLossConfig = field(default_factory=DecoderLossConfig)
     gan: GANConfig = field(default_factory=GANConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=500, weight_decay=0.0))
+    # stage 2 keeps OpenCLIP-style AdamW: constant weight decay, beta2 0.95, one global clip at 1
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=1e-4, warmup_steps=500, weight_decay=0.0, weight_decay_end=0.0, beta2=0.95, grad_clip=1.0,
+        clip_mode="global", layer_decay=1.0, patch_embed_lr_mult=1.0))
     eval: EvalDuringTraining = field(default_factory=EvalDuringTraining)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=20000, batch=256, out_dir="runs/decoder"))
 
@@ -171,11 +196,14 @@ def _validate_common(t: TrainConfig, d: DataConfig, o: OptimConfig, e: EvalDurin
     _need(d.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0")
     _need(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
     _need(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr], got {o.min_lr}")
-    _need(o.weight_decay >= 0, "optim.weight_decay must be >= 0")
+    _need(o.weight_decay >= 0 and o.weight_decay_end >= 0, "optim.weight_decay and optim.weight_decay_end must be >= 0")
     _need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
     _need(o.eps > 0, "optim.eps must be positive")
     _need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
     _need(o.grad_clip >= 0, "optim.grad_clip must be >= 0 (0: no clipping)")
+    _need(o.clip_mode in ("module", "global"), "optim.clip_mode must be module or global")
+    _need(0 < o.layer_decay <= 1, "optim.layer_decay must be in (0, 1]")
+    _need(o.patch_embed_lr_mult >= 0, "optim.patch_embed_lr_mult must be >= 0")
     _need(e.every >= 0, "eval.every must be >= 0 (0: only at the end)")
     _need(e.images > 0, "eval.images must be positive")
     _need(t.threads >= 0, "train.threads must be >= 0 (0: torch's default)")
@@ -194,6 +222,8 @@ def validate_finetune(cfg: FinetuneDecoderConfig, world_size: int = 1) -> None:
     _validate_common(t, cfg.data, cfg.optim, cfg.eval)
     _need(t.batch % world_size == 0, f"train.batch {t.batch} is not divisible by the world size {world_size}")
     _need(cfg.optim.accum_steps == 1, "optim.accum_steps must be 1 for decoder fine-tuning")
+    _need(cfg.optim.weight_decay_end == cfg.optim.weight_decay,
+          "decoder fine-tuning uses a constant weight decay: set optim.weight_decay_end = optim.weight_decay")
     _need(t.parallel == "ddp", "decoder fine-tuning supports only train.parallel=ddp")
     _need(cfg.loss.l1_weight >= 0 and cfg.loss.lpips_weight >= 0 and cfg.gan.weight >= 0, "loss weights must be >= 0")
     _need(cfg.loss.l1_weight > 0 or cfg.loss.lpips_weight > 0, "loss.l1_weight or loss.lpips_weight must be > 0")
@@ -235,3 +265,15 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
         _need(0 <= s.mask_ratio[0] <= s.mask_ratio[1] < 1, "ssl.mask_ratio must satisfy 0 <= lo <= hi < 1")
         _need(s.prototypes > 0, "ssl.prototypes must be positive")
         _need(s.student_temp > 0 and min(s.teacher_temp) > 0, "ssl.student_temp and ssl.teacher_temp must be positive")
+        _need(s.freeze_last_layer_steps >= 0, "ssl.freeze_last_layer_steps must be >= 0")
+        for key in ("flip_p", "jitter_p", "gray_p", "solarize_p", "mask_probability"):
+            _need(0 <= getattr(s, key) <= 1, f"ssl.{key} must be in [0, 1]")
+        _need(all(0 <= v <= 1 for v in s.blur_p), "ssl.blur_p values must be in [0, 1]")
+        _need(0 < s.blur_sigma[0] <= s.blur_sigma[1], "ssl.blur_sigma must satisfy 0 < lo <= hi")
+        _need(min(s.blur_reference) > 0, "ssl.blur_reference sizes must be positive")
+        _need(s.ibot_normalize in ("all", "masked"), "ssl.ibot_normalize must be all or masked")
+        _need(s.koleo_crops in ("sum", "mean"), "ssl.koleo_crops must be sum or mean")
+        _need(s.koleo_batch in ("rank", "global"), "ssl.koleo_batch must be rank or global")
+        koleo_n = s.batch // (per if s.koleo_batch == "rank" else cfg.optim.accum_steps)
+        _need(s.koleo_weight == 0 or koleo_n >= 2,
+              f"KoLeo needs >= 2 images per crop in its batch, got {koleo_n} (ssl.koleo_batch={s.koleo_batch})")

@@ -45,13 +45,13 @@ def block_mask(
     min_patches: int = 4,
     max_patches: int | None = None,
 ) -> torch.Tensor:
-    """Bool (h, w) mask of about round(ratio * h * w) patches in blocks.
+    """Bool (h, w) mask of about int(ratio * h * w) patches in blocks (DINOv2 truncates).
 
     max_patches caps one block (default half the grid, as DINOv2).
     """
     assert 0.0 <= ratio <= 1.0, f"mask ratio {ratio} outside [0, 1]"
     mask = torch.zeros(h, w, dtype=torch.bool)
-    target = round(ratio * h * w)
+    target = int(ratio * h * w)
     cap = int(0.5 * h * w) if max_patches is None else max_patches
     log_aspect = (math.log(min_aspect), math.log(1.0 / min_aspect))
     count = 0

@@ -160,12 +160,15 @@ def reconstruction_view(
 
 
 class MultiCrop:
-    """DINOv2's multi-crop augmentation: global and local crops with photometric jitter.
+    """DINOv2's multi-crop augmentation, as its code runs it: global and local crops with photometric jitter.
 
     Per crop: random resized crop (bicubic) and flip; with p `jitter_p` colour jitter
     (brightness, contrast, saturation, hue strengths `jitter`, random order); grayscale with
     p `gray_p`; Gaussian blur with p `blur_p` = (first global, other globals, locals); solarise
-    with p `solarize_p` on the globals after the first. Defaults are DINOv2's.
+    with p `solarize_p` on the globals after the first. DINOv2's GaussianBlur hands 1-p to
+    RandomApply, so its stated (1.0, 0.1, 0.5) run as the default (0.0, 0.9, 0.5). The blur sigma
+    and kernel are in pixels of DINOv2's crops (`blur_reference` = 224 global, 96 local) and scale
+    with this crop's side, so a 32 px crop is blurred as much, relative to its size, as a 224 px one.
     Returns (globals, locals): lists of float (3, s, s) normalised tensors.
     """
 
@@ -181,9 +184,10 @@ class MultiCrop:
         jitter_p: float = 0.8,
         jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
         gray_p: float = 0.2,
-        blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
+        blur_p: tuple[float, float, float] = (0.0, 0.9, 0.5),
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         blur_kernel: int = 9,
+        blur_reference: tuple[int, int] = (224, 96),
         solarize_p: float = 0.2,
     ):
         assert n_global >= 1 and n_local >= 0, "need at least one global crop"
@@ -193,6 +197,7 @@ class MultiCrop:
         self.global_scale, self.local_scale = global_scale, local_scale
         self.flip_p, self.jitter_p, self.jitter, self.gray_p = flip_p, jitter_p, jitter, gray_p
         self.blur_p, self.blur_sigma, self.blur_kernel = blur_p, blur_sigma, blur_kernel
+        self.blur_reference = blur_reference
         self.solarize_p = solarize_p
 
     def _photometric(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -211,11 +216,17 @@ class MultiCrop:
             x = TF.rgb_to_grayscale(x, num_output_channels=3)
         return x
 
-    def _blur(self, x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    def blur_size(self, side: int, reference: int) -> tuple[float, int]:
+        """(sigma scale, odd kernel size) for a crop of `side` px blurred like a `reference` px one."""
+        scale = side / reference
+        half = max(1, round(self.blur_kernel // 2 * scale))
+        return scale, min(2 * half + 1, 2 * side - 1)  # reflect padding needs pad < side
+
+    def _blur(self, x: torch.Tensor, p: float, reference: int, gen: torch.Generator) -> torch.Tensor:
         if not _coin(gen, p):
             return x
-        sigma = _uniform(gen, *self.blur_sigma)
-        k = min(self.blur_kernel, 2 * min(x.shape[-2:]) - 1)  # reflect padding needs pad < side
+        scale, k = self.blur_size(min(x.shape[-2:]), reference)
+        sigma = _uniform(gen, *self.blur_sigma) * scale
         return TF.gaussian_blur(x, [k, k], [sigma, sigma])
 
     def _crop(self, img: torch.Tensor, size: tuple[int, int], scale, gen: torch.Generator) -> torch.Tensor:
@@ -230,11 +241,12 @@ class MultiCrop:
         globals_, locals_ = [], []
         for i in range(self.n_global):
             x = self._crop(img, self.global_size, self.global_scale, gen)
-            x = self._blur(x, self.blur_p[0] if i == 0 else self.blur_p[1], gen)
+            x = self._blur(x, self.blur_p[0] if i == 0 else self.blur_p[1], self.blur_reference[0], gen)
             if i > 0 and _coin(gen, self.solarize_p):
                 x = TF.solarize(x, 0.5)
             globals_.append(normalize(x.clamp(0, 1)))
         for _ in range(self.n_local):
-            x = self._blur(self._crop(img, self.local_size, self.local_scale, gen), self.blur_p[2], gen)
+            x = self._blur(self._crop(img, self.local_size, self.local_scale, gen), self.blur_p[2],
+                           self.blur_reference[1], gen)
             locals_.append(normalize(x.clamp(0, 1)))
         return globals_, locals_

@@ -53,12 +53,13 @@ class IBOTPatchLoss(nn.Module):
         update_center_(self.center, teacher_patch_logits, self.center_momentum)
 
     def forward(
-        self, student_patch_logits: torch.Tensor, teacher_probs: torch.Tensor, mask_weights: torch.Tensor
+        self, student_patch_logits: torch.Tensor, teacher_probs: torch.Tensor, mask_weights: torch.Tensor,
+        n_images: int | None = None,
     ) -> torch.Tensor:
         """student_patch_logits, teacher_probs: (M, K); mask_weights: (M,), 1 / masked patches of the
-        row's image (see `mask_weights`). Returns sum(w * CE) / sum(w): the mean over images that have
-        masks of each image's mean patch cross-entropy (DINOv2's forward_masked divides by all images,
-        masked or not; here images without masks do not dilute the loss). Zero when M == 0."""
+        row's image (see `mask_weights`). Returns sum(w * CE) / n_images, each masked image's mean
+        patch cross-entropy summed and divided by `n_images`: all images of the batch, masked or not,
+        as DINOv2's forward_masked; by default sum(w), the images that have masks. Zero when M == 0."""
         assert student_patch_logits.shape == teacher_probs.shape, (
             f"student {tuple(student_patch_logits.shape)} vs teacher {tuple(teacher_probs.shape)}")
         assert mask_weights.shape == student_patch_logits.shape[:1], "one weight per masked patch"
@@ -66,4 +67,5 @@ class IBOTPatchLoss(nn.Module):
         ce = -(teacher_probs.float() * log_p).sum(dim=-1)  # (M,)
         w = mask_weights.float()
         # clamp: with no masked patch the sum is 0 and the loss 0, still attached to the graph
-        return (w * ce).sum() / w.sum().clamp(min=1e-12)
+        denominator = w.sum().clamp(min=1e-12) if n_images is None else max(n_images, 1)
+        return (w * ce).sum() / denominator

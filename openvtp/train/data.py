@@ -9,7 +9,6 @@ index step * B + position; a stream (webdataset shards) is split over ranks and 
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from openvtp.config.schema import PretrainConfig
 from openvtp.data.folders import CaptionFolder, ClassFolder
-from openvtp.data.masking import block_mask
+from openvtp.data.masking import batch_masks, mask_ratios
 from openvtp.data.mixture import Mixture
 from openvtp.data.photos import NaturalPhotos
 from openvtp.data.scenes import CaptionedScenes
@@ -89,13 +88,18 @@ class PretrainCollate:
         self.cfg, self.layout = cfg, layout
         s = cfg.ssl
         self.multicrop = MultiCrop(s.global_size, s.local_size, s.n_global, s.n_local, s.global_scale, s.local_scale,
-                                   jitter_p=s.jitter_p) if s.weight > 0 else None
+                                   flip_p=s.flip_p, jitter_p=s.jitter_p, gray_p=s.gray_p, blur_p=tuple(s.blur_p),
+                                   blur_sigma=tuple(s.blur_sigma), blur_reference=tuple(s.blur_reference),
+                                   solarize_p=s.solarize_p) if s.weight > 0 else None
         self.grid = s.global_size // cfg.model.vision_patch_size
 
-    def _masked(self, j: int) -> bool:
-        """Crop j of the global SSL crop sequence is masked: exactly a fraction p of any run of crops."""
-        p = self.cfg.ssl.mask_probability
-        return math.floor((j + 1) * p) > math.floor(j * p)
+    def _mask_plan(self, step: int) -> torch.Tensor:
+        """(B_ssl, n_global) mask ratios, 0 for unmasked crops, as DINOv2's collate draws them: int(p * crops)
+        of the step's global crops are masked, with ratios stratified over the range, shuffled over crops.
+        Drawn for the global batch from the step's generator, so it does not depend on the world size."""
+        s = self.cfg.ssl
+        gen = sample_generator(self.cfg.train.seed, step, -1, STREAM_MASK)
+        return mask_ratios(s.n_global * s.batch, tuple(s.mask_ratio), s.mask_probability, gen).view(s.batch, s.n_global)
 
     def __call__(self, samples: list[dict], step: int, positions: list[int]) -> dict[str, torch.Tensor]:
         cfg, lay, seed = self.cfg, self.layout, self.cfg.train.seed
@@ -108,6 +112,7 @@ class PretrainCollate:
                 for s, p in zip(samples, positions)])
             out["text"] = tokenize([s["caption"] for s in samples], cfg.model.text_context_length)
         if self.multicrop is not None:
+            plan = self._mask_plan(step)
             g, l, masks = [], [], []
             for s, p in zip(samples, positions):
                 if not lay.is_ssl(p):
@@ -116,18 +121,14 @@ class PretrainCollate:
                 g.append(torch.stack(gl))
                 if lo:
                     l.append(torch.stack(lo))
-                j0 = (p // lay.ssl_stride) * cfg.ssl.n_global
-                for i in range(cfg.ssl.n_global):
-                    gen = sample_generator(seed, step, p, STREAM_MASK * 100 + i)
-                    lo_r, hi_r = cfg.ssl.mask_ratio
-                    ratio = lo_r + (hi_r - lo_r) * torch.rand((), generator=gen).item() if self._masked(j0 + i) else 0.0
-                    m = block_mask(self.grid, self.grid, ratio, gen) if ratio > 0 else torch.zeros(self.grid, self.grid, dtype=torch.bool)
-                    masks.append(m.flatten())
+                masks.append(batch_masks(cfg.ssl.n_global, self.grid, self.grid, ratios=plan[p // lay.ssl_stride],
+                                         gen_for=lambda i, p=p: sample_generator(seed, step, p, STREAM_MASK * 100 + i)
+                                         ).flatten(1))
             out["ssl_globals"] = torch.stack(g, dim=1)  # (n_global, B_ssl, 3, G, G)
             if l:
                 out["ssl_locals"] = torch.stack(l, dim=1)  # (n_local, B_ssl, 3, L, L)
             # masks are ordered sample-major above; make them crop-major like the stacked crops
-            out["ssl_masks"] = torch.stack(masks).view(-1, cfg.ssl.n_global, self.grid**2).transpose(0, 1).reshape(-1, self.grid**2)
+            out["ssl_masks"] = torch.stack(masks).transpose(0, 1).reshape(-1, self.grid**2)
         if lay.rec_stride:
             out["rec_images"] = torch.stack([
                 reconstruction_view(s["image"], size, sample_generator(seed, step, p, STREAM_RECON))

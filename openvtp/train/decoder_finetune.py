@@ -27,7 +27,8 @@ from . import dist
 from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
 from .data import build_loader
 from .logger import RunLogger, time_limit_message
-from .loop import adamw, param_groups, precision_context
+from .loop import precision_context
+from .optim import adamw, param_groups
 from .run_folder import RunFolder
 from .schedules import warmup_cosine
 

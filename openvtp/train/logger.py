@@ -56,14 +56,17 @@ class RunLogger:
         """Whether `step` draws a reconstruction grid (the same answer on every rank)."""
         return bool(self.cfg.train.image_every) and step % self.cfg.train.image_every == 0 and "rec_images" in batch
 
+    def log_due(self, step: int) -> bool:
+        """Whether `step` writes scalars (the same answer on every rank)."""
+        return step % self.cfg.train.log_every == 0 or step == self.cfg.train.steps
+
     def step(self, step: int, scalars: dict[str, float], model, batch: dict) -> None:
         if not self.enabled:
             return
         self.skipped += scalars.pop("skipped_samples", 0.0)
         scalars["skipped_samples"] = self.skipped
         self.bar.update(1)
-        every = self.cfg.train.log_every
-        if step % every == 0 or step == self.cfg.train.steps:
+        if self.log_due(step):
             for k, v in scalars.items():
                 self.tb.add_scalar(f"train/{k}", v, step)
             record = {"step": step, "time_s": round(time.time() - self.t0, 2), **scalars}

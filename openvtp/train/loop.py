@@ -12,10 +12,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from openvtp.config.load import config_to_dict, save_config
-from openvtp.config.schema import OptimConfig, PretrainConfig, validate
+from openvtp.config.schema import PretrainConfig, validate
 from openvtp.errors import OpenVTPError
 from openvtp.models import VTPModel
 
@@ -23,30 +22,12 @@ from . import dist, parallel
 from .checkpoint import resolve_resume, save_checkpoint
 from .data import build_loader
 from .logger import RunLogger, time_limit_message
+from .optim import adamw, clip_gradients, pretrain_param_groups, set_schedule, total_norm
 from .run_folder import RunFolder
 from .schedules import cosine, warmup_cosine
 from .task import PretrainTask
 
 log = logging.getLogger("openvtp.train")
-
-NO_DECAY_NAMES = ("cls_token", "mask_token", "positional_embedding", "token_embedding", "logit_scale", "logit_bias")
-
-
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on norms, biases, tokens, embeddings and the logit scale."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY_NAMES) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def adamw(groups: list[dict], oc: OptimConfig) -> torch.optim.AdamW:
-    """AdamW from `optim.*` with the fused kernel (6x faster than the per-tensor loop on CPU:
-    benchmarks/optimizer_step.py)."""
-    return torch.optim.AdamW(groups, lr=oc.lr, betas=(oc.beta1, oc.beta2), eps=oc.eps, fused=True)
-
 
 def split_batch(batch: dict, n: int) -> list[dict]:
     """Micro-batches for gradient accumulation (crops are stacked crop-major on dim 1)."""
@@ -104,7 +85,7 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
     task = PretrainTask(cfg, model).to(info.device)
     wrapped = parallel.wrap(task, cfg.train.parallel, info.device)
     sharded = parallel.is_sharded(wrapped)
-    opt = adamw(param_groups(task, cfg.optim.weight_decay), cfg.optim)
+    opt = adamw(pretrain_param_groups(task, cfg.optim), cfg.optim)
     start = 0
     resume_from = resolve_resume(out, cfg.train.resume)
     if resume_from is not None:
@@ -137,8 +118,11 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         t0 = time.time()
         # schedules are pure functions of the step: resume is exact
         lr = warmup_cosine(step, total, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        wd = cosine(step, total, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
+        set_schedule(opt, lr, wd, last_layer_frozen=step < cfg.ssl.freeze_last_layer_steps)
+        log_due = logger.log_due(step + 1)
+        if task.ssl is not None:
+            task.ssl.track_health = log_due
         torch.manual_seed(_step_seed(cfg.train.seed, step, info.rank))
         batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
         # forward + backward per micro-batch; gradients sync on the last one
@@ -165,8 +149,7 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
                                    f"last good state saved in {out / 'checkpoints'} (lower optim.lr?)")
             continue
         bad_streak = 0
-        grad_norm = (torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.optim.grad_clip)
-                     if cfg.optim.grad_clip > 0 else torch.tensor(0.0))
+        norms = clip_gradients(task, cfg.optim)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if task.clip is not None:
@@ -177,8 +160,15 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
             momentum = cosine(step, total, *cfg.ssl.momentum)
             task.ssl.update_teacher(model, momentum)
 
-        scalars = {k: dist.all_reduce_mean(v).item() for k, v in terms_sum.items()}
-        scalars.update(lr=lr, grad_norm=parallel.to_float(grad_norm), images_per_s=cfg.train.batch / max(time.time() - t0, 1e-9),
+        # one collective and one host sync for every tensor scalar (FSDP holds the logit scale as a
+        # 1-element vector); per-module norms only when logged
+        terms_sum["grad_norm"] = total_norm(norms, info.device)
+        if log_due and cfg.optim.clip_mode == "module":
+            terms_sum.update({f"grad_norm_{part}": n for part, n in norms.items()})
+        values = dist.all_reduce_mean(torch.stack([v.float().reshape(()).to(info.device)
+                                                   for v in terms_sum.values()])).tolist()
+        scalars = dict(zip(terms_sum, values))
+        scalars.update(lr=lr, weight_decay=wd, images_per_s=cfg.train.batch / max(time.time() - t0, 1e-9),
                        skipped_samples=float(dist.all_reduce_sum(batch["skipped"].float()).item()))
         if task.ssl is not None:
             scalars["teacher_momentum"] = momentum

@@ -19,7 +19,6 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from openvtp.errors import OpenVTPError
@@ -101,11 +100,6 @@ def grad_sync(wrapped: nn.Module, last_micro_step: bool):
     if isinstance(wrapped, DDP) and not last_micro_step:
         return wrapped.no_sync()
     return nullcontext()
-
-
-def to_float(value: torch.Tensor) -> float:
-    """A scalar tensor as a float; FSDP's grad norm is a DTensor (a collective: call it on every rank)."""
-    return float(value.full_tensor() if isinstance(value, DTensor) else value)
 
 
 def _names(task: nn.Module, opt: torch.optim.Optimizer) -> list[str]:
