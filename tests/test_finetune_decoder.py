@@ -77,3 +77,43 @@ def test_bad_inputs_are_one_line_errors(stage1, tmp_path):
                           f"train.out_dir={tmp_path / 'z'}"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "missing" in res.stderr
+
+
+def test_sigterm_stops_stage_2_at_a_step_boundary_and_resumes_with_the_same_losses(stage1, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """The scheduler's SIGTERM, sent from inside step 2 (0-based): a checkpoint of step 3, exit 143, and the printed
+    command resumes to the losses of an uninterrupted run."""
+    import os
+    import shlex
+    import signal
+
+    import openvtp.train.decoder_finetune as stage2
+    from openvtp.cli import main
+
+    args = ["finetune-decoder", str(stage1), *RUN, "train.steps=5", "gan.start_step=1", "train.ckpt_every=100"]
+    assert main([*args, f"train.out_dir={tmp_path / 'straight'}"]) == 0
+    schedule = stage2.warmup_cosine
+
+    def term_at_step_2(step, *rest):
+        if step == 2:
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return schedule(step, *rest)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(stage2, "warmup_cosine", term_at_step_2)
+    capsys.readouterr()
+    assert main([*args, f"train.out_dir={run}"]) == 128 + signal.SIGTERM
+    monkeypatch.setattr(stage2, "warmup_cosine", schedule)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"openvtp finetune-decoder: stopped by SIGTERM; checkpoint of step 3 in {run}"), line
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_0000003"]
+    command = shlex.split(line.split("; resume with: ", 1)[1])
+    assert command[:2] == ["openvtp", "finetune-decoder"] and command[-1] == "train.resume=latest"
+    assert main(command[1:]) == 0
+    a, b = _metrics(tmp_path / "straight"), _metrics(run)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
+    for step in a:
+        for key in ("loss", "rec_l1"):
+            assert abs(a[step][key] - b[step][key]) < 1e-5, (step, key, a[step][key], b[step][key])
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
