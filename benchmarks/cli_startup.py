@@ -25,8 +25,9 @@ MISTAKES = [  # (what, argv): errors that need no model
     ("unknown DiT config key", ["train-dit", "--config", "dit-demo", "train.stepz=1"]),
     ("fid of missing folders", ["fid", "/nonexistent/a", "/nonexistent/b"]),
     ("sample from a missing run", ["sample", "/nonexistent/run", "--out", "d"]),
-    ("eval, unknown --tasks (checked by the eval suite, which imports torch)",
-     ["eval", "MODEL", "--data", "embedded", "--tasks", "foo"]),
+    ("eval, unknown --tasks", ["eval", "MODEL", "--data", "embedded", "--tasks", "foo"]),
+    ("eval of a missing model", ["eval", "/nonexistent/model", "--data", "embedded"]),
+    ("eval on missing --data", ["eval", "{tmp}", "--data", "/nonexistent/images"]),
 ]
 
 
@@ -60,7 +61,7 @@ def main() -> None:
         bad_yaml.write_text("train:\n  steps: [1\n")
         a_file.write_text("")
         rows = [("openvtp --help", ["--help"])] + [(f"openvtp {c} --help", [c, "--help"]) for c in commands()]
-        rows += [(what, [a.format(bad_yaml=bad_yaml, a_file=a_file) for a in argv]) for what, argv in MISTAKES]
+        rows += [(what, [a.format(bad_yaml=bad_yaml, a_file=a_file, tmp=tmp) for a in argv]) for what, argv in MISTAKES]
         worst = 0.0
         for name, argv in rows:
             seconds, rc, torch_imported = timed(argv, args.repeat)

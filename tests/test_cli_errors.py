@@ -184,13 +184,17 @@ def test_the_cli_answers_help_and_config_mistakes_without_torch(tmp_path):
     """What makes `openvtp --help` fast (benchmarks/cli_startup.py times it): torch is not imported."""
     code = ("import sys\nfrom openvtp.cli import main\n"
             "for argv in (['pretrain', '--config', 'demo', 'optim.lr=-1'], ['finetune-decoder', 'x', 'train.steps=0'],\n"
-            "             ['train-dit', '--config', 'dit-demo', 'flow.timestep_sampling=cosine']):\n"
-            "    assert main(argv) == 1\n"
+            "             ['train-dit', '--config', 'dit-demo', 'flow.timestep_sampling=cosine'],\n"
+            "             ['eval', 'x', '--data', 'embedded', '--tasks', 'foo'], ['eval', '/nonexistent', '--data', 'embedded'],\n"
+            f"             ['eval', {str(tmp_path)!r}, '--data', '/nonexistent/images', '--out', {str(tmp_path / 'out')!r}]):\n"
+            "    assert main(argv) == 1, argv\n"
             "try:\n    main(['eval', '--help'])\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
+    assert "unknown task 'foo'" in proc.stderr and "model not found: /nonexistent" in proc.stderr
+    assert "--data /nonexistent/images: not found" in proc.stderr and not (tmp_path / "out").exists()
     from openvtp.generation.config import TIMESTEP_SAMPLING
     from openvtp.losses.flow import TIMESTEP_SAMPLING as modes
 

@@ -29,8 +29,8 @@ def _preprocess(text: str) -> dict[str, str]:
 
 
 def cmd_eval(args) -> None:
-    from openvtp.eval.report import notes
-    from openvtp.eval.suite import EvalOptions, evaluate
+    from openvtp.eval.options import EvalOptions, check_data_spec
+    from openvtp.models.hub import resolve_model_dir
 
     opts = EvalOptions(
         tasks=tuple(_list(args.tasks or (VTP_TASKS if args.protocol == "vtp" else ALL_TASKS))),
@@ -45,9 +45,15 @@ def cmd_eval(args) -> None:
         device=args.device, progress=not args.no_progress, cache_dir=args.cache, seed=args.seed)
     invoked = sys.argv and sys.argv[0].endswith(("openvtp", "__main__.py"))  # not when main() is called in-process
     command = "openvtp " + shlex.join(sys.argv[1:]) if invoked else "openvtp eval " + shlex.join(args.models)
+    check_data_spec(args.data, args.train_data, args.classnames)
+    for spec in args.models:  # a wrong path fails before torch is imported; hub ids are fetched here
+        resolve_model_dir(spec, args.revision)
     output_folder(args.out, "--out")
     if args.cache:
         output_folder(args.cache, "--cache")
+    from openvtp.eval.report import notes
+    from openvtp.eval.suite import evaluate
+
     done = evaluate(args.models, args.data, opts, args.out, _list(args.names) or None, command, args.revision)
     if done is None:  # a torchrun rank other than 0
         return

@@ -35,20 +35,10 @@ from PIL import Image
 
 from openvtp.errors import OpenVTPError
 
+from .options import DEFAULT_PREPROCESS, PREPROCESS_METHODS, PREPROCESS_NAMES, VTP_PREPROCESS  # noqa: F401 (re-exported)
+from .options import check_data_spec, is_shards
 from .preprocess import adm_center_crop, resize_center_crop, squash_resize
 
-# How each task family preprocesses images by default, as the released protocols do.
-DEFAULT_PREPROCESS = {"recon": "adm", "zeroshot": "squash", "retrieval": "squash", "probe": "crop"}
-# VTP's scripts (`--protocol vtp`): zero-shot squashes bilinearly, the probe resizes 256 / crops 224.
-VTP_PREPROCESS = {"recon": "adm", "zeroshot": "squash-bilinear", "probe": "crop"}
-PREPROCESS_METHODS = ("adm", "squash", "squash-bilinear", "crop", "none")
-PREPROCESS_NAMES = {
-    "adm": "ADM centre crop (box-halve, bicubic short side, centre crop)",
-    "squash": "squash resize (bicubic, aspect ignored)",
-    "squash-bilinear": "squash resize (bilinear, aspect ignored: torchvision Resize((s, s)) as VTP's script)",
-    "crop": "resize short side to size/crop_pct (bicubic) + centre crop",
-    "none": "none (images used at their size)",
-}
 EMBEDDED_TEST, EMBEDDED_TRAIN = 500, 1000  # default embedded split sizes: the whole suite in ~1 min on 2 cores
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -338,10 +328,6 @@ def _read_shard_image(key: tuple) -> Image.Image:
     return read_file(io.BytesIO(data))
 
 
-def _is_shards(spec: str) -> bool:
-    return spec.endswith(".tar") or "{" in spec or "::" in spec
-
-
 # ---------------------------------------------------------------------------- entry point
 
 
@@ -362,35 +348,24 @@ def open_data(
         limit / train_limit: images kept per split (train_limit defaults to limit).
         classnames / templates: files with one class name (in label order) / one "{}" template per line.
     """
+    check_data_spec(spec, train_spec, classnames)
     train_limit = limit if train_limit is None else train_limit
     if spec == "embedded":
-        if classnames:
-            raise OpenVTPError("--classnames does not apply to --data embedded (its label sets name their classes)")
         test = embedded_split("test", limit or EMBEDDED_TEST, size, seed)
         train = embedded_split("train", train_limit or EMBEDDED_TRAIN, size, seed + 1)
         data = EvalData("embedded", "embedded scenes", test, train, {k: "none" for k in DEFAULT_PREPROCESS})
-        if train_spec:
-            raise OpenVTPError("--train-data does not apply to --data embedded (its train split is built in)")
     else:
         path = Path(spec)
         if path.is_dir():
             data = _folder_data(path)
-        elif path.suffix.lower() in (".csv", ".jsonl", ".json"):
-            if not path.is_file():
-                raise OpenVTPError(f"caption file not found: {path}")
-            data = EvalData(str(path), "captioned images", _caption_file(path))
-        elif _is_shards(spec):
+        elif is_shards(spec):
             data = EvalData(spec, "webdataset shards", _index_shards(spec))
         else:
-            raise OpenVTPError(f"--data {spec}: not found, and not 'embedded', a folder, a .csv/.jsonl caption file "
-                               "or .tar shards")
+            data = EvalData(str(path), "captioned images", _caption_file(path))
         if train_spec:
             if data.train is not None:
                 raise OpenVTPError(f"--data {spec} already has a train split; drop --train-data")
-            tpath = Path(train_spec)
-            if not tpath.is_dir():
-                raise OpenVTPError(f"--train-data must be a folder of class sub-folders: {train_spec}")
-            data.train = _class_folder(tpath, "train")
+            data.train = _class_folder(Path(train_spec), "train")
             if data.test.class_dirs is not None and data.test.class_dirs != data.train.class_dirs:
                 raise OpenVTPError(f"--train-data {train_spec} and --data {spec} have different class folders")
         data.test = data.test.subset(limit, seed)
