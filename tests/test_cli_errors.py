@@ -185,8 +185,10 @@ def test_the_cli_answers_help_and_config_mistakes_without_torch(tmp_path):
     code = ("import sys\nfrom openvtp.cli import main\n"
             "for argv in (['pretrain', '--config', 'demo', 'optim.lr=-1'], ['finetune-decoder', 'x', 'train.steps=0'],\n"
             "             ['train-dit', '--config', 'dit-demo', 'flow.timestep_sampling=cosine'],\n"
-            "             ['eval', 'x', '--data', 'embedded', '--tasks', 'foo'], ['eval', '/nonexistent', '--data', 'embedded'],\n"
-            f"             ['eval', {str(tmp_path)!r}, '--data', '/nonexistent/images', '--out', {str(tmp_path / 'out')!r}]):\n"
+            "             ['eval', 'x', '--data', 'embedded', '--tasks', 'foo'],\n"
+            "             ['eval', '/nonexistent', '--data', 'embedded'],\n"
+            f"             ['eval', {str(tmp_path)!r}, '--data', '/nonexistent/images',\n"
+            f"              '--out', {str(tmp_path / 'out')!r}]):\n"
             "    assert main(argv) == 1, argv\n"
             "try:\n    main(['eval', '--help'])\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules)\n")

@@ -24,8 +24,8 @@ from openvtp.errors import OpenVTPError
 
 from .datasets import EvalData, EvalSet, open_data
 from .extract import LoadedModel, autocast, cached_pass, pass_compute, quantise
-from .options import (DEFAULT_PREPROCESS, LPIPS_NETS, PREPROCESS_NAMES, TASKS, VTP_PREPROCESS,  # noqa: F401 (re-exported)
-                      EvalOptions)
+from .options import (DEFAULT_PREPROCESS, LPIPS_NETS, PREPROCESS_NAMES, TASKS,  # noqa: F401 (re-exported)
+                      VTP_PREPROCESS, EvalOptions)
 
 log = logging.getLogger(__name__)
 
