@@ -12,9 +12,10 @@ from openvtp.models import VTPModel
 from .test_train import TINY, _cli, _losses, _torchrun, tiny_config
 
 # 4 steps, a checkpoint every 2, grids and a quick eval on rank 0 at step 2 and 4; KoLeo over the gathered
-# batch (DINOv2's per-rank KoLeo depends on the world size by design)
+# batch and iBOT over all global crops (per-rank KoLeo, and iBOT over each rank's masked crops, depend on the
+# world size by design)
 ARGS = ["pretrain", "--config", "demo", *TINY, "train.steps=4", "train.ckpt_every=2", "train.image_every=2",
-        "eval.every=2", "eval.images=8", "ssl.drop_path=0", "ssl.koleo_batch=global"]
+        "eval.every=2", "eval.images=8", "ssl.drop_path=0", "ssl.koleo_batch=global", "ssl.ibot_normalize=all"]
 
 
 def _ok(proc, timeout=300):

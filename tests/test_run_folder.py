@@ -17,7 +17,7 @@ from openvtp.cli import main
 from openvtp.train.run_folder import LOCK, take_lock
 
 from .conftest import CONFORMANCE
-from .test_train import TINY, _losses
+from .test_train import TINY, _losses, _torchrun
 
 MODEL = str(CONFORMANCE / "tiny-swiglu-rms")
 ARGS = ["pretrain", "--config", "demo", *TINY, "train.steps=5", "train.ckpt_every=100", "eval.images=8"]
@@ -96,6 +96,33 @@ def test_sigterm_stops_at_a_step_boundary_and_resumes_with_the_same_losses(tmp_p
     assert main(resume_argv(err, "SIGTERM", 3)) == 0
     assert_same_losses(straight, _losses(tmp_path))
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers are given back
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resumes_with_the_same_losses(tmp_path):
+    """A scheduler signals torchrun, which passes SIGTERM on to its workers: they agree on the step to stop
+    after, write one checkpoint, and a resumed two-process run continues to the losses of one process."""
+    args = [*ARGS, "ssl.drop_path=0", "ssl.koleo_batch=global", "ssl.ibot_normalize=all"]  # 2 processes = 1
+    assert main([*args, f"train.out_dir={tmp_path / 'one'}"]) == 0
+    run = tmp_path / "run"
+    proc = _torchrun(*args, f"train.out_dir={run}")
+    deadline = time.time() + 240
+    while not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0 and "stopped by SIGTERM; checkpoint of step" in err, err[-3000:]
+    step = max(_losses(run))
+    assert 2 <= step < 5 and [p.name for p in (run / "checkpoints").iterdir()] == [f"step_{step:07d}"]
+    assert not (run / LOCK).exists()
+    resumed = _torchrun(*args, f"train.out_dir={run}", "train.resume=latest")
+    _, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, err[-3000:]
+    one, two = _losses(tmp_path / "one"), _losses(run)
+    assert sorted(one) == sorted(two) == list(range(1, 6))
+    assert all(abs(one[s] - two[s]) < 1e-4 * max(1.0, abs(one[s])) for s in one), (one, two)
 
 
 def test_a_second_run_into_a_live_folder_fails_with_one_line(tmp_path, capsys):
