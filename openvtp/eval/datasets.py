@@ -35,8 +35,7 @@ from PIL import Image
 
 from openvtp.errors import OpenVTPError
 
-from .options import (DEFAULT_PREPROCESS, PREPROCESS_METHODS, PREPROCESS_NAMES,  # noqa: F401 (re-exported)
-                      VTP_PREPROCESS, check_data_spec, is_shards)
+from .options import DEFAULT_PREPROCESS, PREPROCESS_METHODS, check_data_spec, is_shards
 from .preprocess import adm_center_crop, resize_center_crop, squash_resize
 
 EMBEDDED_TEST, EMBEDDED_TRAIN = 500, 1000  # default embedded split sizes: the whole suite in ~1 min on 2 cores

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,8 +23,7 @@ from openvtp.errors import OpenVTPError
 
 from .datasets import EvalData, EvalSet, open_data
 from .extract import LoadedModel, autocast, cached_pass, pass_compute, quantise
-from .options import (DEFAULT_PREPROCESS, LPIPS_NETS, PREPROCESS_NAMES, TASKS,  # noqa: F401 (re-exported)
-                      VTP_PREPROCESS, EvalOptions)
+from .options import PREPROCESS_NAMES, TASKS, VTP_PREPROCESS, EvalOptions
 
 log = logging.getLogger(__name__)
 
