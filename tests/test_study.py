@@ -105,3 +105,24 @@ def test_a_second_study_into_a_live_folder_fails(tmp_path):
     finally:
         release_lock(tmp_path / "study.lock", lock)
     assert not (tmp_path / "cells").exists()
+
+
+def test_the_judge_is_trained_on_its_thread_count_whoever_calls_it(tmp_path):
+    """A study trains the judge in its own process before the cells start; with the process's thread count the
+    judge's convolutions would round otherwise than in `openvtp demo`, and every figure would move."""
+    import torch
+
+    from openvtp.generation.attribute_probe import cached_attribute_probe
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        shared = cached_attribute_probe(tmp_path, 32, 20, 0, threads=1, progress=False)
+        assert torch.get_num_threads() == 2  # given back
+        torch.set_num_threads(1)
+        alone = cached_attribute_probe(None, 32, 20, 0, threads=1, progress=False)
+    finally:
+        torch.set_num_threads(previous)
+    a, b = shared.state_dict(), alone.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [p.name for p in tmp_path.iterdir()] == ["judge-32px-20steps-seed0-1threads.safetensors"]

@@ -303,7 +303,7 @@ def _run_cells(out: Path, cells: list[Cell], plans: dict, overrides: Sequence[st
             if cell.variant not in flops:
                 flops[cell.variant] = pretrain_step_flops(plans[cell].pretrain)
         g, size = plans[todo[0]].generation, plans[todo[0]].pretrain.model.image_size
-        cached_attribute_probe(out / "judge", size, g.judge_steps, g.judge_seed, progress=progress)
+        cached_attribute_probe(out / "judge", size, g.judge_steps, g.judge_seed, g.threads, progress=progress)
         _run_in_processes(out, todo, overrides, flops, jobs, len(cells) - len(todo), len(cells))
     for i, cell in enumerate(todo if jobs == 1 else []):
         log.info("study: cell %s (%d of %d to run; %d of %d cells done)", cell.name, i + 1, len(todo),

@@ -122,14 +122,17 @@ def train_attribute_probe(
     return probe.eval()
 
 
-def cached_attribute_probe(cache_dir: str | Path | None, size: int, steps: int, seed: int,
+def cached_attribute_probe(cache_dir: str | Path | None, size: int, steps: int, seed: int, threads: int,
                            progress: bool = True) -> AttributeProbe:
-    """`train_attribute_probe(size, steps=steps, seed=seed)`, read from `cache_dir` when an earlier call wrote it.
+    """`train_attribute_probe(size, steps=steps, seed=seed)` on `threads` torch threads, read from `cache_dir` when
+    an earlier call wrote it.
 
-    Training is deterministic (one thread), so the cache changes nothing but the time: a study trains
+    Its convolutions round differently with another thread count, so the count is pinned here, whoever
+    calls; training is then deterministic, and the cache changes nothing but the time: a study trains
     its judge once and every cell is judged by the same weights.
     """
-    path = None if cache_dir is None else Path(cache_dir) / f"judge-{size}px-{steps}steps-seed{seed}.safetensors"
+    path = None if cache_dir is None else \
+        Path(cache_dir) / f"judge-{size}px-{steps}steps-seed{seed}-{threads}threads.safetensors"
     if path is not None and path.is_file():
         probe = AttributeProbe()
         probe.load_state_dict(load_file(path))
@@ -137,7 +140,12 @@ def cached_attribute_probe(cache_dir: str | Path | None, size: int, steps: int, 
         probe.val_acc = {k: float(meta[k]) for k in ("shape", "colour")}
         log.info("attribute probe: read from %s", path)
         return probe.eval()
-    probe = train_attribute_probe(size, steps=steps, seed=seed, progress=progress)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        probe = train_attribute_probe(size, steps=steps, seed=seed, progress=progress)
+    finally:
+        torch.set_num_threads(previous)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")

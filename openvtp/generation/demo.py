@@ -143,7 +143,8 @@ def run_generation_demo(
     t = lap("latents", t)
 
     # 2. the judge, trained on real scenes; the same judge for every tokenizer and seed
-    probe = cached_attribute_probe(judge_cache, size, demo.judge_steps, demo.judge_seed, progress=progress)
+    probe = cached_attribute_probe(judge_cache, size, demo.judge_steps, demo.judge_seed, demo.threads,
+                                   progress=progress)
     t = lap("judge", t)
 
     # 3. real images (reference and judged sets) and their reconstructions
