@@ -10,7 +10,7 @@ from openvtp.errors import OpenVTPError
 from .common import output_folder
 
 # the default study (README, "Does it work?"): chosen once for a fair comparison within 90 min on 2 cores
-STUDY_DEFAULTS = {"variants": "ae,vtp", "steps": "250,1000", "seeds": "0,1", "jobs": 2}  # ~72 min on 2 idle cores
+STUDY_DEFAULTS = {"variants": "ae,vtp", "steps": "250,1000", "seeds": "0,1", "jobs": 2}  # 66 min on 2 idle cores
 
 
 def cmd_pretrain(args) -> None:
