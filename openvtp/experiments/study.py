@@ -228,19 +228,23 @@ def plot(rows: list[dict], path: Path) -> None:
     panels = ["frechet_generated", "frechet_gap", "shape_acc_generated", "probe_shape_latent_seen", "zeroshot_shape",
               "psnr"]
     meaning = {key: (short, better) for metrics in METRICS.values() for key, short, _, better in metrics}
+    colours = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))  # a variant's, in every panel
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
     for ax, key in zip(axes.flat, panels):
         for variant in VARIANTS:
             pts = [r for r in rows if r["variant"] == variant and r[key] is not None]
             if pts:
                 ax.errorbar([r["tokenizer_flops"] for r in pts], [r[key]["mean"] for r in pts],
-                            yerr=[r[key]["std"] or 0.0 for r in pts], marker="o", capsize=3, label=variant)
+                            yerr=[r[key]["std"] or 0.0 for r in pts], marker="o", capsize=3, label=variant,
+                            color=colours[variant])
         short, better = meaning[key]
         ax.set_title(f"{short} ({'higher' if better else 'lower'} is better)", fontsize=10)
         ax.set_xscale("log")
         ax.set_xlabel("tokenizer pre-training FLOPs")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=9)
+    for ax in axes.flat:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=9)
     fig.suptitle("openvtp study: generation (top), understanding and reconstruction (bottom) vs tokenizer compute")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
