@@ -83,12 +83,12 @@ def test_sigterm_stops_stage_2_at_a_step_boundary_and_resumes_with_the_same_loss
                                                                                    capsys):
     """The scheduler's SIGTERM, sent from inside step 2 (0-based): a checkpoint of step 3, exit 143, and the printed
     command resumes to the losses of an uninterrupted run."""
-    import os
-    import shlex
     import signal
 
     import openvtp.train.decoder_finetune as stage2
     from openvtp.cli import main
+
+    from .test_run_folder import resume_argv, term_self
 
     args = ["finetune-decoder", str(stage1), *RUN, "train.steps=5", "gan.start_step=1", "train.ckpt_every=100"]
     assert main([*args, f"train.out_dir={tmp_path / 'straight'}"]) == 0
@@ -96,8 +96,7 @@ def test_sigterm_stops_stage_2_at_a_step_boundary_and_resumes_with_the_same_loss
 
     def term_at_step_2(step, *rest):
         if step == 2:
-            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
-            os.kill(os.getpid(), signal.SIGTERM)
+            term_self()
         return schedule(step, *rest)
 
     run = tmp_path / "run"
@@ -105,12 +104,11 @@ def test_sigterm_stops_stage_2_at_a_step_boundary_and_resumes_with_the_same_loss
     capsys.readouterr()
     assert main([*args, f"train.out_dir={run}"]) == 128 + signal.SIGTERM
     monkeypatch.setattr(stage2, "warmup_cosine", schedule)
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith(f"openvtp finetune-decoder: stopped by SIGTERM; checkpoint of step 3 in {run}"), line
+    err = capsys.readouterr().err
+    assert f"checkpoint of step 3 in {run}" in err.strip().splitlines()[-1]
+    command = resume_argv(err, "SIGTERM", 3, "finetune-decoder")
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_0000003"]
-    command = shlex.split(line.split("; resume with: ", 1)[1])
-    assert command[:2] == ["openvtp", "finetune-decoder"] and command[-1] == "train.resume=latest"
-    assert main(command[1:]) == 0
+    assert main(command) == 0
     a, b = _metrics(tmp_path / "straight"), _metrics(run)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
     for step in a:

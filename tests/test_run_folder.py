@@ -43,13 +43,22 @@ def assert_same_losses(a: dict, b: dict) -> None:
         assert abs(a[step] - b[step]) < 1e-5 * max(1.0, abs(a[step])), (step, a[step], b[step])
 
 
-def resume_argv(stderr: str, signame: str, step: int) -> list[str]:
+def resume_argv(stderr: str, signame: str, step: int, command: str = "pretrain") -> list[str]:
     """The one line an interrupted run prints, checked, and the command it says resumes the run."""
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith(f"openvtp pretrain: stopped by {signame}; checkpoint of step {step} in "), line
-    command = shlex.split(line.split("; resume with: ", 1)[1])
-    assert command[0] == "openvtp" and command[-1] == "train.resume=latest"
-    return command[1:]
+    assert line.startswith(f"openvtp {command}: stopped by {signame}; checkpoint of step {step} in "), line
+    argv = shlex.split(line.split("; resume with: ", 1)[1])
+    assert argv[:2] == ["openvtp", command] and argv[-1] == "train.resume=latest"
+    return argv[1:]
+
+
+def wait_for_logged_steps(run: Path, proc: subprocess.Popen, steps: int) -> None:
+    """Until `run`'s metrics.jsonl has `steps` rows (the process must still be running)."""
+    deadline = time.time() + 240
+    while not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < steps:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -59,11 +68,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resumes_with_the_same_losses(tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "openvtp", *ARGS, "data.workers=1", f"train.out_dir={run}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 240
-    while not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 2:
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_for_logged_steps(run, proc, 2)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err
@@ -106,11 +111,7 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resumes_with_the_s
     assert main([*args, f"train.out_dir={tmp_path / 'one'}"]) == 0
     run = tmp_path / "run"
     proc = _torchrun(*args, f"train.out_dir={run}")
-    deadline = time.time() + 240
-    while not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 2:
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_for_logged_steps(run, proc, 2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode != 0 and "stopped by SIGTERM; checkpoint of step" in err, err[-3000:]
