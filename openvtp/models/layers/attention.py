@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .norm import RMSNorm
-from .rope import apply_rope
+from .rope import apply_rope, apply_rope_qkv
 
 
 class Attention(nn.Module):
@@ -22,11 +22,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, Dh)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            sin, cos = rope
-            q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+        qkv = self.qkv(x)  # (B, N, 3C)
+        if rope is not None and self.q_norm is None:
+            q, k, v = apply_rope_qkv(qkv, *rope, self.num_heads)  # 3 x (B, H, N, Dh)
+        else:
+            q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))

@@ -4,6 +4,13 @@ The released model hard-wires RoPE to bfloat16: the periods are a bf16 buffer st
 checkpoint, the sin/cos tables are computed in bf16 with rounding after every op, and q/k
 (class token included) are rotated in bf16. Reproducing the reference outputs to 1e-5 needs
 every one of these roundings (conformance README, quirk 1), so they are done here on purpose.
+
+The released code rotates with `x * cos + cat(-x2, x1) * sin` and a `cat` that puts the class
+token back, each op a pass over q or k and each a node for autograd. `apply_rope_qkv` and `apply_rope`
+compute the same bf16 roundings (forward and backward, bit for bit: tests/test_rope.py) with
+fewer passes: the sign of rotate_half is folded into a half of the sin table (negation is exact
+in bf16), q and k are rotated together, the class token is copied, not concatenated, and one
+autograd node replaces about ten.
 """
 from __future__ import annotations
 
@@ -59,14 +66,89 @@ class RopeEmbedding(nn.Module):
         return torch.sin(angles), torch.cos(angles)
 
 
-def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotate the last sin.shape[0] tokens of x (B, H, N, Dh); leading (class) tokens pass through bf16 too."""
-    dtype = x.dtype
-    x = x.to(sin.dtype)
-    prefix = x.shape[-2] - sin.shape[-2]
-    rot = x[..., prefix:, :]
-    x1, x2 = rot.chunk(2, dim=-1)
-    rot = rot * cos + torch.cat((-x2, x1), dim=-1) * sin
+def _rotate(xb: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """bf16 (..., N, Dh) -> rotated bf16: round(round(x * cos) + round(rotate_half(x) * sin)).
+
+    The first N - len(sin) tokens (the class token) are copied. rotate_half(x) * sin is written as
+    [x2 * -sin1, x1 * sin2]: -(x2 * s) and x2 * (-s) round to the same bf16 value.
+    """
+    prefix, half = xb.shape[-2] - sin.shape[0], xb.shape[-1] // 2
+    out = torch.empty_like(xb, memory_format=torch.contiguous_format)
     if prefix:
-        rot = torch.cat((x[..., :prefix, :], rot), dim=-2)
-    return rot.to(dtype)
+        out[..., :prefix, :] = xb[..., :prefix, :]
+    x, rot = xb[..., prefix:, :], out[..., prefix:, :]
+    torch.mul(x, cos, out=rot)
+    t = torch.empty_like(rot)
+    torch.mul(x[..., half:], -sin[:, :half], out=t[..., :half])
+    torch.mul(x[..., :half], sin[:, half:], out=t[..., half:])
+    rot.add_(t)
+    return out
+
+
+def _rotate_backward(gb: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """The gradient of `_rotate` as autograd computes it through the released op sequence (bf16).
+
+    Per token: g * cos + rotate_half^T(g * sin), rotate_half^T([a, b]) = [b, -a]. With a class
+    token the released graph sums two zero-padded slice gradients, which turns every -0 into +0:
+    the `+ 0` below does the same, so even the signs of zeros match.
+    """
+    prefix, half = gb.shape[-2] - sin.shape[0], gb.shape[-1] // 2
+    g = gb[..., prefix:, :]
+    t = g * sin
+    grad = torch.empty_like(gb, memory_format=torch.contiguous_format)
+    rot = grad[..., prefix:, :]
+    torch.mul(g, cos, out=rot)
+    u = torch.empty_like(rot)
+    u[..., :half] = t[..., half:]
+    torch.neg(t[..., :half], out=u[..., half:])
+    rot.add_(u)
+    if prefix:
+        grad[..., :prefix, :] = gb[..., :prefix, :]
+        grad.add_(0.0)
+    return grad
+
+
+class _RopeQKV(torch.autograd.Function):
+    """(B, N, 3C) qkv -> q, k rotated (through bf16) and v, each (B, H, N, Dh); one autograd node."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, num_heads: int):
+        B, N, C3 = qkv.shape
+        x = qkv.view(B, N, 3, num_heads, C3 // (3 * num_heads))
+        dtype = qkv.dtype
+        q, k = _rotate(x[:, :, :2].permute(2, 0, 3, 1, 4).to(ROPE_DTYPE), sin, cos).to(dtype).unbind(0)
+        ctx.save_for_backward(sin, cos)
+        ctx.shape, ctx.dtype = x.shape, dtype
+        return q, k, x[:, :, 2].transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, gq, gk, gv):
+        sin, cos = ctx.saved_tensors
+        grad = torch.empty(ctx.shape, dtype=ctx.dtype, device=sin.device)  # (B, N, 3, H, Dh)
+        gq, gk, gv = (g if g is not None else torch.zeros_like(grad[:, :, 0]).transpose(1, 2) for g in (gq, gk, gv))
+        grad[:, :, :2] = _rotate_backward(torch.stack([gq, gk]).to(ROPE_DTYPE), sin, cos).permute(1, 3, 0, 2, 4)
+        grad[:, :, 2] = gv.transpose(1, 2)
+        return grad.flatten(2), None, None, None
+
+
+class _Rope(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor):
+        ctx.save_for_backward(sin, cos)
+        ctx.dtype = x.dtype
+        return _rotate(x.to(ROPE_DTYPE), sin, cos).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        sin, cos = ctx.saved_tensors
+        return _rotate_backward(g.to(ROPE_DTYPE), sin, cos).to(ctx.dtype), None, None
+
+
+def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """Rotate the last sin.shape[0] tokens of x (..., N, Dh) in bf16; leading (class) tokens pass through bf16 too."""
+    return _Rope.apply(x, sin, cos)
+
+
+def apply_rope_qkv(qkv: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, num_heads: int):
+    """Split a fused qkv projection (B, N, 3C) into q, k, v (B, H, N, Dh), q and k rotated as `apply_rope` does."""
+    return _RopeQKV.apply(qkv, sin, cos, num_heads)
