@@ -60,13 +60,16 @@ class RunLogger:
         """Whether `step` writes scalars (the same answer on every rank)."""
         return step % self.cfg.train.log_every == 0 or step == self.cfg.train.steps
 
-    def step(self, step: int, scalars: dict[str, float], model, batch: dict) -> None:
+    def step(self, step: int, scalars: dict[str, float] | None, model, batch: dict) -> None:
+        """Advance the bar; write `scalars` at log steps. Their skipped_samples are those since the last call
+        with scalars (a loop may pass None at the steps that do not log)."""
         if not self.enabled:
             return
-        self.skipped += scalars.pop("skipped_samples", 0.0)
-        scalars["skipped_samples"] = self.skipped
         self.bar.update(1)
-        if self.log_due(step):
+        if scalars is not None:
+            self.skipped += scalars.pop("skipped_samples", 0.0)
+        if scalars is not None and self.log_due(step):
+            scalars["skipped_samples"] = self.skipped
             for k, v in scalars.items():
                 self.tb.add_scalar(f"train/{k}", v, step)
             record = {"step": step, "time_s": round(time.time() - self.t0, 2), **scalars}

@@ -25,6 +25,7 @@ from .logger import RunLogger, time_limit_message
 from .optim import adamw, clip_gradients, pretrain_param_groups, set_schedule, total_norm
 from .run_folder import RunFolder
 from .schedules import cosine, warmup_cosine
+from .step_counters import StepCounters
 from .task import PretrainTask
 
 log = logging.getLogger("openvtp.train")
@@ -96,7 +97,7 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
     logger = RunLogger(out, cfg, start, enabled=main)
     run.on_exit(logger.close)
 
-    total, bad_streak, step = cfg.train.steps, 0, start
+    total, step = cfg.train.steps, start
     stopped = None
     t_start = time.time()
     config_yaml = (out / "config.yaml").read_text() if main else ""
@@ -113,9 +114,11 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         """The model rank 0 draws, evaluates and exports; under FSDP a gathered copy (call on every rank)."""
         return parallel.full_model(task, cfg.model, info.device) if sharded else model
 
+    # Counters kept on the device between log steps: the host reads them, with the logged terms, in one sync.
+    counters = StepCounters(info.device)
+    t_log, done_log = time.time(), start
     for batch in loader:
         step = int(batch["step"])
-        t0 = time.time()
         # schedules are pure functions of the step: resume is exact
         lr = warmup_cosine(step, total, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
         wd = cosine(step, total, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
@@ -128,28 +131,21 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         # forward + backward per micro-batch; gradients sync on the last one
         micro = split_batch(batch, cfg.optim.accum_steps)
         terms_sum: dict[str, torch.Tensor] = {}
-        finite = True
+        nonfinite = torch.zeros((), device=info.device)
         for i, mb in enumerate(micro):
             with parallel.grad_sync(wrapped, i == len(micro) - 1), precision_context(info.device, cfg.train.precision):
                 terms = wrapped(mb, step)
-            ok = torch.isfinite(terms["loss"].detach()).float()
-            if dist.all_reduce_sum(ok).item() < info.world_size:  # every rank must agree to skip
-                finite = False
-                break
+            nonfinite = nonfinite + (~torch.isfinite(terms["loss"].detach())).float()
             (terms["loss"] / len(micro)).backward()
-            for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0) + v.detach().float() / len(micro)
-        if not finite:
-            opt.zero_grad(set_to_none=True)
-            bad_streak += 1
-            logger.warn(f"step {step}: non-finite loss, step skipped ({bad_streak} in a row)")
-            if bad_streak >= cfg.train.max_bad_steps:
-                checkpoint(step)
-                raise OpenVTPError(f"{bad_streak} consecutive non-finite losses at step {step}; "
-                                   f"last good state saved in {out / 'checkpoints'} (lower optim.lr?)")
-            continue
-        bad_streak = 0
+            if log_due:
+                for k, v in terms.items():
+                    terms_sum[k] = terms_sum.get(k, 0) + v.detach().float() / len(micro)
         norms = clip_gradients(task, cfg.optim)
+        grad_norm = total_norm(norms, info.device)
+        # A step whose loss (on any rank) or gradient is not finite is skipped on every rank, decided on the device:
+        # the fused AdamW kernel leaves parameters, moments and step count alone where `found_inf` is 1.
+        skip = ((dist.all_reduce_sum(nonfinite) > 0) | ~torch.isfinite(grad_norm)).float()
+        opt.found_inf = skip
         opt.step()
         opt.zero_grad(set_to_none=True)
         if task.clip is not None:
@@ -158,31 +154,42 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         momentum = 0.0
         if task.ssl is not None:
             momentum = cosine(step, total, *cfg.ssl.momentum)
-            task.ssl.update_teacher(model, momentum)
+            task.ssl.update_teacher(model, momentum, keep=1.0 - skip)
+        counters.add(skip, batch["skipped"])
 
-        # one collective and one host sync for every tensor scalar (FSDP holds the logit scale as a
-        # 1-element vector); per-module norms only when logged
-        terms_sum["grad_norm"] = total_norm(norms, info.device)
-        if log_due and cfg.optim.clip_mode == "module":
-            terms_sum.update({f"grad_norm_{part}": n for part, n in norms.items()})
-        values = dist.all_reduce_mean(torch.stack([v.float().reshape(()).to(info.device)
-                                                   for v in terms_sum.values()])).tolist()
-        scalars = dict(zip(terms_sum, values))
-        scalars.update(lr=lr, weight_decay=wd, images_per_s=cfg.train.batch / max(time.time() - t0, 1e-9),
-                       skipped_samples=float(dist.all_reduce_sum(batch["skipped"].float()).item()))
-        if task.ssl is not None:
-            scalars["teacher_momentum"] = momentum
         done = step + 1
+        # ranks agree on stopping (a collective read on the host) at log steps; one process checks every step
+        agree = log_due or not dist.is_dist()
+        scalars = None
+        if log_due:
+            terms_sum["grad_norm"] = grad_norm
+            if cfg.optim.clip_mode == "module":
+                terms_sum.update({f"grad_norm_{part}": n for part, n in norms.items()})
+            values, (skipped_samples, skipped_steps, streak) = counters.read(terms_sum)
+            now, interval = time.time(), done - done_log
+            scalars = dict(values, lr=lr, weight_decay=wd, skipped_samples=skipped_samples,
+                           images_per_s=cfg.train.batch * interval / max(now - t_log, 1e-9))
+            t_log, done_log = now, done
+            if task.ssl is not None:
+                scalars["teacher_momentum"] = momentum
+            if skipped_steps:
+                logger.warn(f"step {done}: {skipped_steps} of the last {interval} steps skipped (non-finite loss or "
+                            f"gradient), the last {streak} in a row")
+            if streak >= cfg.train.max_bad_steps:
+                checkpoint(done - streak)  # skipped steps leave the weights as they were after step done - streak
+                raise OpenVTPError(f"{streak} consecutive non-finite steps up to step {done}; last good state saved "
+                                   f"in {out / 'checkpoints'} as step {done - streak} (lower optim.lr?)")
         eval_due = bool(cfg.eval.every) and done % cfg.eval.every == 0
         shown = rank0_model() if logger.grid_due(done, batch) or eval_due else model
         logger.step(done, scalars, shown, batch)
         if eval_due and main:
             logger.quick_eval(done, shown, cfg)
         del shown  # under FSDP a full copy of the model: not kept through the next step
-        # ranks agree, or one would stop while the others wait in the next collective
-        out_of_time = cfg.train.time_limit_s > 0 and dist.any_rank(time.time() - t_start > cfg.train.time_limit_s,
-                                                                   info.device)
-        stop = run.step_done()
+        out_of_time = (cfg.train.time_limit_s > 0 and agree
+                       and dist.any_rank(time.time() - t_start > cfg.train.time_limit_s, info.device))
+        stop = run.step_done(agree=agree)
+        if not agree:
+            stop = 0  # under torchrun a signal waits for the ranks to agree at the next log step
         if done % cfg.train.ckpt_every == 0 or done == total or out_of_time or stop:
             checkpoint(done)
         if stop:

@@ -128,11 +128,13 @@ class SSLObjective(nn.Module):
         return [self.head] + ([self.ibot_head] if self.ibot_head is not None else [])
 
     @torch.no_grad()
-    def update_teacher(self, model: VTPModel, momentum: float) -> None:
-        """teacher <- m * teacher + (1 - m) * student, for trunk and heads.
+    def update_teacher(self, model: VTPModel, momentum: float, keep: torch.Tensor | None = None) -> None:
+        """teacher <- m * teacher + (1 - m) * student, for trunk and heads; `keep` (a 0-dim tensor, 0 or 1) at 0
+        leaves the teacher as it is without the host reading it (a skipped step).
 
         Under FSDP teacher and student are sharded alike, so the update is a lerp of local shards.
         """
         student = [p for m in [model.trunk, *self.heads()] for p in m.parameters()]
         teacher = [p for m in self.teacher.values() for p in m.parameters()]  # trunk, head, ibot_head: the same order
-        torch._foreach_lerp_(_local(teacher), _local([p.detach() for p in student]), 1.0 - momentum)
+        weight = 1.0 - momentum if keep is None else (1.0 - momentum) * keep
+        torch._foreach_lerp_(_local(teacher), _local([p.detach() for p in student]), weight)
