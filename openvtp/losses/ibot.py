@@ -22,12 +22,14 @@ class IBOTPatchLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     @staticmethod
-    def mask_weights(masks: torch.Tensor) -> torch.Tensor:
+    def mask_weights(masks: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """(N, P) bool patch masks -> (M,) weights 1 / (masked patches in that image), in the
-        row order of x.flatten(0, 1)[masks.flatten()] (image-major)."""
-        per_image = masks.flatten(1).sum(dim=1, keepdim=True).clamp(min=1)  # (N, 1)
-        weights = (1.0 / per_image).expand(masks.shape[0], masks.flatten(1).shape[1])  # (N, P)
-        return weights[masks.flatten(1)]
+        row order of x.flatten(0, 1)[masks.flatten()] (image-major). `index`: masks.flatten().nonzero()
+        made on the host (a GPU would otherwise wait for M)."""
+        masks = masks.flatten(1)
+        per_image = masks.sum(dim=1, keepdim=True).clamp(min=1)  # (N, 1)
+        weights = (1.0 / per_image).expand(masks.shape).reshape(-1)  # (N * P,)
+        return weights[masks.reshape(-1)] if index is None else weights.index_select(0, index)
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(

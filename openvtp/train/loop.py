@@ -31,9 +31,16 @@ from .task import PretrainTask
 log = logging.getLogger("openvtp.train")
 
 def split_batch(batch: dict, n: int) -> list[dict]:
-    """Micro-batches for gradient accumulation (crops are stacked crop-major on dim 1)."""
-    if n == 1:
-        return [batch]
+    """Micro-batches for gradient accumulation (crops are stacked crop-major on dim 1), on the host, each with
+    the flat positions of its masked patches (`ssl_mask_index`) so that no device waits to learn their number."""
+    parts = [batch] if n == 1 else _split(batch, n)
+    for part in parts:
+        if "ssl_masks" in part:
+            part["ssl_mask_index"] = part["ssl_masks"].reshape(-1).nonzero().squeeze(1)
+    return parts
+
+
+def _split(batch: dict, n: int) -> list[dict]:
     parts: list[dict] = [{} for _ in range(n)]
     for key, value in batch.items():
         if value.ndim == 0:
@@ -127,9 +134,9 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         if task.ssl is not None:
             task.ssl.track_health = log_due
         torch.manual_seed(_step_seed(cfg.train.seed, step, info.rank))
-        batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
         # forward + backward per micro-batch; gradients sync on the last one
-        micro = split_batch(batch, cfg.optim.accum_steps)
+        micro = [{k: v.to(info.device, non_blocking=True) for k, v in mb.items()}
+                 for mb in split_batch(batch, cfg.optim.accum_steps)]
         terms_sum: dict[str, torch.Tensor] = {}
         nonfinite = torch.zeros((), device=info.device)
         for i, mb in enumerate(micro):
@@ -155,7 +162,7 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         if task.ssl is not None:
             momentum = cosine(step, total, *cfg.ssl.momentum)
             task.ssl.update_teacher(model, momentum, keep=1.0 - skip)
-        counters.add(skip, batch["skipped"])
+        counters.add(skip, batch["skipped"].to(info.device))
 
         done = step + 1
         # ranks agree on stopping (a collective read on the host) at log steps; one process checks every step
@@ -180,8 +187,8 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
                 raise OpenVTPError(f"{streak} consecutive non-finite steps up to step {done}; last good state saved "
                                    f"in {out / 'checkpoints'} as step {done - streak} (lower optim.lr?)")
         eval_due = bool(cfg.eval.every) and done % cfg.eval.every == 0
-        shown = rank0_model() if logger.grid_due(done, batch) or eval_due else model
-        logger.step(done, scalars, shown, batch)
+        shown = rank0_model() if logger.grid_due(done, micro[0]) or eval_due else model
+        logger.step(done, scalars, shown, micro[0])
         if eval_due and main:
             logger.quick_eval(done, shown, cfg)
         del shown  # under FSDP a full copy of the model: not kept through the next step

@@ -29,6 +29,12 @@ def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
+def masked_rows(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, 1+N, D) tokens -> (M, D) patch tokens at flat positions `index` into (B, N), image-major:
+    the rows of tokens[:, 1:][masks], found without a host sync."""
+    return tokens[:, 1:].reshape(-1, tokens.shape[-1]).index_select(0, index)
+
+
 def _local(params: list[torch.Tensor]) -> list[torch.Tensor]:
     """This rank's shards of FSDP parameters (DTensors); plain tensors as they are."""
     return [p.to_local() if isinstance(p, DTensor) else p for p in params]
@@ -73,13 +79,13 @@ class SSLObjective(nn.Module):
         return linear_warmup(step, self.cfg.teacher_temp_warmup_steps, lo, hi)
 
     @torch.no_grad()
-    def _teacher_targets(self, globals_: torch.Tensor, masks: torch.Tensor, step: int):
+    def _teacher_targets(self, globals_: torch.Tensor, mask_index: torch.Tensor, step: int):
         """Teacher probabilities for the CLS of each global crop and the masked patches."""
         self.teacher.eval()
         tokens = self.teacher["trunk"](globals_)  # (G*B, 1+N, D)
         cls_logits = self.teacher["head"](tokens[:, 0])
         ibot_head = self.teacher["ibot_head" if self.ibot_head is not None else "head"]
-        patch_logits = ibot_head(tokens[:, 1:][masks])  # (M, K)
+        patch_logits = ibot_head(masked_rows(tokens, mask_index))  # (M, K)
         temp = self.teacher_temp(step)
         if self.cfg.centering == "sinkhorn":
             cls_p = self.dino.sinkhorn_knopp_teacher(cls_logits, temp)
@@ -96,7 +102,9 @@ class SSLObjective(nn.Module):
         n_g, B = g.shape[:2]
         globals_ = g.flatten(0, 1)
         masks = batch["ssl_masks"]  # (G*B, N) bool, crop-major like globals_
-        cls_p, patch_p = self._teacher_targets(globals_, masks, step)
+        index = batch.get("ssl_mask_index")  # the loop makes it on the host; a GPU would wait for it here
+        index = masks.reshape(-1).nonzero().squeeze(1) if index is None else index
+        cls_p, patch_p = self._teacher_targets(globals_, index, step)
 
         s_tokens = model.trunk(globals_, masks=masks, drop_path=self.cfg.drop_path)  # (G*B, 1+N, D)
         s_cls = s_tokens[:, 0]
@@ -107,7 +115,7 @@ class SSLObjective(nn.Module):
             s_logits += list(self.head(l_tokens[:, 0]).chunk(loc.shape[0]))
         dino = self.dino(s_logits, list(cls_p.chunk(n_g)))
         ibot_head = self.ibot_head if self.ibot_head is not None else self.head
-        ibot = self.ibot(ibot_head(s_tokens[:, 1:][masks]), patch_p, IBOTPatchLoss.mask_weights(masks),
+        ibot = self.ibot(ibot_head(masked_rows(s_tokens, index)), patch_p, IBOTPatchLoss.mask_weights(masks, index),
                          n_images=masks.shape[0] if self.cfg.ibot_normalize == "all" else None)
         koleo = self._koleo(s_cls, n_g)
         loss = self.cfg.dino_weight * dino + self.cfg.ibot_weight * ibot + self.cfg.koleo_weight * koleo

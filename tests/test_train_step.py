@@ -1,5 +1,6 @@
-"""A non-finite step is skipped on the device (no per-step host read): weights, AdamW state and EMA teacher stay
-as they were, the run goes on, and `train.max_bad_steps` skipped steps in a row stop it with a checkpoint."""
+"""The pre-training step: micro-batches carry their masked-patch positions (made on the host, so a GPU never waits
+for them); a non-finite step is skipped on the device (no per-step host read): weights, AdamW state and EMA teacher
+stay as they were, the run goes on, and `train.max_bad_steps` skipped steps in a row stop it with a checkpoint."""
 import json
 
 import pytest
@@ -7,7 +8,9 @@ import torch
 
 from openvtp.errors import OpenVTPError
 from openvtp.train import loop
+from openvtp.models import VTPModel
 from openvtp.train.checkpoint import load_checkpoint
+from openvtp.train.data import build_loader
 from openvtp.train.task import PretrainTask
 
 from .test_train import tiny_config
@@ -56,3 +59,26 @@ def test_consecutive_nonfinite_steps_stop_the_run_at_the_last_good_state(tmp_pat
         loop.pretrain(cfg)
     saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert saved == ["step_0000001"]
+
+
+def test_micro_batches_carry_their_masked_patch_positions_and_give_the_same_ssl_terms(tmp_path):
+    cfg = tiny_config(tmp_path, "ssl.batch=4", "train.batch=8")
+    batch = next(iter(build_loader(cfg, 0, 1, 0)))
+    assert batch["ssl_masks"].any()
+    torch.manual_seed(0)
+    task = PretrainTask(cfg, VTPModel(cfg.model)).train()
+    masks = batch["ssl_masks"]
+    for n in (1, 2):
+        for part in loop.split_batch(dict(batch), n):
+            assert torch.equal(part["ssl_mask_index"], part["ssl_masks"].reshape(-1).nonzero().squeeze(1))
+            assert part["ssl_masks"].shape[0] == part["ssl_globals"].flatten(0, 1).shape[0]
+    # the positions index the same rows as the boolean masks did, so the SSL terms are the same bits
+    with_index = task.ssl(task.model, loop.split_batch(dict(batch), 1)[0], 0)
+    without = task.ssl(task.model, {k: v for k, v in batch.items() if k != "ssl_mask_index"}, 0)
+    assert masks.sum() > 0 and torch.equal(with_index["ssl_ibot"], without["ssl_ibot"])
+
+
+def test_gradient_accumulation_runs_the_same_data_in_micro_batches(tmp_path):
+    loop.pretrain(tiny_config(tmp_path, "train.steps=2", "optim.accum_steps=2"))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
