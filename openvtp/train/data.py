@@ -168,10 +168,12 @@ class StepBatches(IterableDataset):
                 yield self.collate(samples, step, positions)
 
 
-def build_loader(cfg: PretrainConfig, rank: int, world_size: int, start_step: int) -> DataLoader:
+def build_loader(cfg: PretrainConfig, rank: int, world_size: int, start_step: int,
+                 pin_memory: bool = False) -> DataLoader:
+    """pin_memory: for a GPU, whose copies from pinned memory do not hold the host."""
     layout = layout_for(cfg, rank, world_size)
     source = build_source(cfg, rank, world_size)
     batches = StepBatches(source, PretrainCollate(cfg, layout), layout, start_step, cfg.train.steps)
     workers = cfg.data.workers
-    return DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=False,
+    return DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=False, pin_memory=pin_memory,
                       prefetch_factor=2 if workers > 0 else None, worker_init_fn=quiet_worker)

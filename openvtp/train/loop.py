@@ -100,7 +100,7 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         start = parallel.restore(resume_from, task, opt)
         if main:
             log.info("resumed from %s at step %d", resume_from, start)
-    loader = build_loader(cfg, info.rank, info.world_size, start)
+    loader = build_loader(cfg, info.rank, info.world_size, start, pin_memory=info.device.type == "cuda")
     logger = RunLogger(out, cfg, start, enabled=main)
     run.on_exit(logger.close)
 
