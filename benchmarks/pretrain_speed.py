@@ -7,7 +7,7 @@ steps do not count. Variants run interleaved --repeat times; the first variant i
     python benchmarks/pretrain_speed.py --config demo --steps 60 --warmup 10 \\
         --variant "1 thread: train.threads=1" --variant "2 threads: train.threads=2"
     python benchmarks/pretrain_speed.py --config vtp-s --steps 4 --warmup 1 --set data.source=embedded \\
-        train.batch=8 ssl.batch=4 recon.batch=4 ssl.prototypes=65536 --variant "vtp-s 256px: train.threads=2"
+        data.workers=1 train.batch=8 ssl.batch=4 recon.batch=4 ssl.prototypes=65536 recon.lpips_backbone=random --variant "vtp-s 256px: train.threads=2"
 """
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def steps_per_s(config: str, overrides: list[str], steps: int, warmup: int) -> f
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "openvtp", "pretrain", "--config", config, *overrides, *RUN,
                f"train.steps={steps}", f"train.out_dir={out}"]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if run.returncode:
+            sys.exit(f"{' '.join(cmd[2:])} failed: {run.stderr.strip().splitlines()[-1]}")
         times = {r["step"]: r["time_s"] for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())}
     return (steps - warmup) / (times[steps] - times[warmup])
 
