@@ -335,7 +335,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/gpu_check.json"))
     ap.add_argument("--reduced", action="store_true", help="tiny sizes (the default without CUDA)")
-    ap.add_argument("--budget-s", type=float, default=0.0, help="skip what is left after this long (0: 420 s, reduced 120 s)")
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="skip what is left after this long (0: 420 s, reduced 120 s)")
     args = ap.parse_args()
     info = init_group()
     reduced = args.reduced or info.device.type != "cuda"
@@ -343,7 +344,8 @@ def main() -> None:
     if info.device.type == "cpu":
         torch.set_num_threads(1)  # a smoke test: on a shared CPU, threads mostly wait on each other
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
-    check = Check(info, sizes, args.budget_s or (120.0 if reduced else 420.0), args.out, "reduced" if reduced else "full")
+    mode = "reduced" if reduced else "full"
+    check = Check(info, sizes, args.budget_s or (120.0 if reduced else 420.0), args.out, mode)
     if info.rank == 0:
         nominal = f", nominal H200 {H200_BF16 / 1e12:.0f} TFLOP/s" + ("" if check.nominal else " (not this device)")
         print(f"gpu check ({check.report['mode']}) on {check.report['device']} x{check.world}: measured bf16 matmul "

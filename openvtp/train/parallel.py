@@ -49,10 +49,10 @@ def wrap(task: PretrainTask, strategy: str, device: torch.device, force: bool = 
     """The module the loop calls: `task` itself for one process, a DDP replica, or `task` sharded in place.
 
     `force` wraps in a process group of one too (benchmarks/gpu_check.py runs DDP and FSDP2 on one
-    GPU); it needs torch.distributed initialised. The frozen EMA teacher is sharded like the student (its blocks are units, the rest joins the
-    root), so each rank holds the same dim-0 slice of a teacher parameter as of its student
-    parameter, and the EMA update is a local lerp of shards with no communication. Build the
-    optimizer after this call: FSDP replaces the parameters.
+    GPU); it needs torch.distributed initialised. The frozen EMA teacher is sharded like the student
+    (its blocks are units, the rest joins the root), so each rank holds the same dim-0 slice of a
+    teacher parameter as of its student parameter, and the EMA update is a local lerp of shards with
+    no communication. Build the optimizer after this call: FSDP replaces the parameters.
     """
     if dist.world_size() == 1 and not force:
         return task
