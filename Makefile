@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test venv clean benchmark
+.PHONY: demo test venv clean benchmark gpu-check
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python benchmarks/encode_decode.py --preset vtp-s --size 256 --batch 8
+
+# one GPU: speed, MFU, memory and bf16-vs-fp32 checks (benchmarks/gpu_check.py); without CUDA its reduced CPU mode
+gpu-check: $(STAMP)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node 1 benchmarks/gpu_check.py --out runs/gpu_check.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -19,12 +19,13 @@ from .data import build_loader
 from .task import PretrainTask
 
 
-def pretrain_step_flops(cfg: PretrainConfig) -> int:
-    """FLOPs of one optimiser step of `cfg` (the whole global batch, forward and backward, one process)."""
+def pretrain_step_flops(cfg: PretrainConfig, device: torch.device | str = "cpu") -> int:
+    """FLOPs of one optimiser step of `cfg` (the whole global batch, forward and backward, one process),
+    counted on `device` (a GPU-sized config counts in seconds there, in minutes on a CPU)."""
     cfg = replace(cfg, data=replace(cfg.data, workers=0))
     torch.manual_seed(cfg.train.seed)
-    task = PretrainTask(cfg, VTPModel(cfg.model)).train()
-    batch = next(iter(build_loader(cfg, 0, 1, 0)))
+    task = PretrainTask(cfg, VTPModel(cfg.model)).to(device).train()
+    batch = {k: v.to(device) for k, v in next(iter(build_loader(cfg, 0, 1, 0))).items()}
     with FlopCounterMode(display=False) as counter:
         task(batch, 0)["loss"].backward()
     return int(counter.get_total_flops())

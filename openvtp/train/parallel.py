@@ -45,20 +45,23 @@ def transformer_blocks(task: PretrainTask) -> list[nn.Module]:
     return [block for blocks in lists for block in blocks]
 
 
-def wrap(task: PretrainTask, strategy: str, device: torch.device) -> nn.Module:
+def wrap(task: PretrainTask, strategy: str, device: torch.device, force: bool = False) -> nn.Module:
     """The module the loop calls: `task` itself for one process, a DDP replica, or `task` sharded in place.
 
-    The frozen EMA teacher is sharded like the student (its blocks are units, the rest joins the
-    root), so each rank holds the same dim-0 slice of a teacher parameter as of its student
-    parameter, and the EMA update is a local lerp of shards with no communication. Build the
-    optimizer after this call: FSDP replaces the parameters.
+    `force` wraps in a process group of one too (benchmarks/gpu_check.py runs DDP and FSDP2 on one
+    GPU); it needs torch.distributed initialised. The frozen EMA teacher is sharded like the student
+    (its blocks are units, the rest joins the root), so each rank holds the same dim-0 slice of a
+    teacher parameter as of its student parameter, and the EMA update is a local lerp of shards with
+    no communication. Build the optimizer after this call: FSDP replaces the parameters.
     """
-    if dist.world_size() == 1:
+    if dist.world_size() == 1 and not force:
         return task
+    if not torch_dist.is_initialized():
+        raise OpenVTPError(f"train.parallel={strategy} at world size 1 needs an initialised process group")
     if strategy == "ddp":
         return DDP(task, device_ids=[device.index] if device.type == "cuda" else None)
     task.fsdp_scalars = _scalars_to_vectors(task)
-    mesh = init_device_mesh(device.type, (dist.world_size(),))
+    mesh = init_device_mesh(device.type, (torch_dist.get_world_size(),))
     for block in transformer_blocks(task):
         fully_shard(block, mesh=mesh)
     return fully_shard(task, mesh=mesh)
