@@ -24,7 +24,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -45,9 +45,8 @@ from openvtp.models.config import PRESETS
 from openvtp.train import dist, parallel
 from openvtp.train.data import build_loader
 from openvtp.train.flops import pretrain_step_flops
-from openvtp.train.loop import _step_seed, precision_context
-from openvtp.train.optim import adamw, clip_gradients, pretrain_param_groups, set_schedule
-from openvtp.train.schedules import cosine, warmup_cosine
+from openvtp.train.loop import precision_context, split_batch, train_step
+from openvtp.train.optim import adamw, pretrain_param_groups
 from openvtp.train.task import PretrainTask
 
 # bf16 rounds to 8 significant bits (up to 2^-8 = 0.4% per rounding); over a loss the errors mostly average out
@@ -191,8 +190,8 @@ def pretrain_part(check: Check, preset: str, batch: int) -> None:
         f"train.batch={batch}", f"ssl.batch={batch // 4}", f"recon.batch={batch // 8}"])
     validate(cfg, check.world)
     steps = sizes.check_steps + sizes.timed_steps
-    batches = [{k: v.to(device) for k, v in b.items()}
-               for b in itertools.islice(build_loader(cfg, info.rank, check.world, 0), steps)]
+    micro = [[{k: v.to(device) for k, v in mb.items()} for mb in split_batch(b, cfg.optim.accum_steps)]
+             for b in itertools.islice(build_loader(cfg, info.rank, check.world, 0), steps)]
     flops = pretrain_step_flops(cfg, device)
     torch.manual_seed(cfg.train.seed)
     proto = PretrainTask(cfg, VTPModel(cfg.model))
@@ -203,25 +202,10 @@ def pretrain_part(check: Check, preset: str, batch: int) -> None:
         task = copy.deepcopy(proto).to(device).train()
         wrapped = parallel.wrap(task, strategy, device, force=True)
         opt = adamw(pretrain_param_groups(task, cfg.optim), cfg.optim)
-        total = cfg.train.steps
+        run_cfg = replace(cfg, train=replace(cfg.train, precision=precision))
 
-        def step(s: int) -> torch.Tensor:  # the loop's step (openvtp/train/loop.py), without its logging
-            set_schedule(opt, warmup_cosine(s, total, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps),
-                         cosine(s, total, cfg.optim.weight_decay, cfg.optim.weight_decay_end),
-                         last_layer_frozen=s < cfg.ssl.freeze_last_layer_steps)
-            torch.manual_seed(_step_seed(cfg.train.seed, s, info.rank))
-            with precision_context(device, precision):
-                loss = wrapped(batches[s], s)["loss"]
-            loss.backward()
-            clip_gradients(task, cfg.optim)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if task.clip is not None:
-                with torch.no_grad():
-                    task.model.logit_scale.clamp_(0, math.log(cfg.clip.max_logit_scale))
-            if task.ssl is not None:
-                task.ssl.update_teacher(task.model, cosine(s, total, *cfg.ssl.momentum))
-            return loss
+        def step(s: int) -> torch.Tensor:  # the loop's own step, without its logging
+            return train_step(run_cfg, task, wrapped, opt, micro[s], s, info).loss
 
         return timed(check, step, n), type(wrapped).__name__
 

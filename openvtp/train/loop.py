@@ -9,9 +9,11 @@ import logging
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from openvtp.config.load import config_to_dict, save_config
 from openvtp.config.schema import PretrainConfig, validate
@@ -62,8 +64,68 @@ def precision_context(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
+def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 9_176 + rank * 7_919) % (2**63 - 1)
+
+
+@dataclass
+class StepOutput:
+    """What one optimiser step leaves on the host (schedules) and on the device (everything else)."""
+    lr: float
+    weight_decay: float
+    momentum: float
+    loss: torch.Tensor  # mean over the micro-batches
+    skip: torch.Tensor  # 1.0 where the step was skipped (non-finite), 0.0 where it was taken
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # with `log`: every term and grad norm
+
+
+def train_step(cfg: PretrainConfig, task: PretrainTask, wrapped: nn.Module, opt: torch.optim.Optimizer,
+               micro: list[dict], step: int, info: dist.DistInfo, log: bool = False) -> StepOutput:
+    """One optimiser step over `micro` (this rank's micro-batches, on the device): schedules, forward and
+    backward (gradients sync on the last micro-batch), clipping, AdamW, logit-scale clamp, EMA teacher.
+
+    Nothing here reads a device value on the host. `log` also collects the terms, grad norms and SSL health.
+    """
+    total = cfg.train.steps
+    # schedules are pure functions of the step: resume is exact
+    lr = warmup_cosine(step, total, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
+    wd = cosine(step, total, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
+    set_schedule(opt, lr, wd, last_layer_frozen=step < cfg.ssl.freeze_last_layer_steps)
+    if task.ssl is not None:
+        task.ssl.track_health = log
+    torch.manual_seed(step_seed(cfg.train.seed, step, info.rank))
+    terms_sum: dict[str, torch.Tensor] = {}
+    loss = torch.zeros((), device=info.device)
+    nonfinite = torch.zeros((), device=info.device)
+    for i, mb in enumerate(micro):
+        with parallel.grad_sync(wrapped, i == len(micro) - 1), precision_context(info.device, cfg.train.precision):
+            terms = wrapped(mb, step)
+        nonfinite = nonfinite + (~torch.isfinite(terms["loss"].detach())).float()
+        loss = loss + terms["loss"].detach().float() / len(micro)
+        (terms["loss"] / len(micro)).backward()
+        if log:
+            for k, v in terms.items():
+                terms_sum[k] = terms_sum.get(k, 0) + v.detach().float() / len(micro)
+    norms = clip_gradients(task, cfg.optim)
+    grad_norm = total_norm(norms, info.device)
+    # A step whose loss (on any rank) or gradient is not finite is skipped on every rank, decided on the device:
+    # the fused AdamW kernel leaves parameters, moments and step count alone where `found_inf` is 1.
+    skip = ((dist.all_reduce_sum(nonfinite) > 0) | ~torch.isfinite(grad_norm)).float()
+    opt.found_inf = skip
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if task.clip is not None:
+        with torch.no_grad():  # OpenCLIP: keep the learnable temperature in [0, log(max)]
+            task.model.logit_scale.clamp_(0, math.log(cfg.clip.max_logit_scale))
+    momentum = 0.0
+    if task.ssl is not None:
+        momentum = cosine(step, total, *cfg.ssl.momentum)
+        task.ssl.update_teacher(task.model, momentum, keep=1.0 - skip)
+    if log:
+        terms_sum["grad_norm"] = grad_norm
+        if cfg.optim.clip_mode == "module":
+            terms_sum.update({f"grad_norm_{part}": n for part, n in norms.items()})
+    return StepOutput(lr, wd, momentum, loss, skip, terms_sum)
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -126,59 +188,24 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
     t_log, done_log = time.time(), start
     for batch in loader:
         step = int(batch["step"])
-        # schedules are pure functions of the step: resume is exact
-        lr = warmup_cosine(step, total, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
-        wd = cosine(step, total, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
-        set_schedule(opt, lr, wd, last_layer_frozen=step < cfg.ssl.freeze_last_layer_steps)
         log_due = logger.log_due(step + 1)
-        if task.ssl is not None:
-            task.ssl.track_health = log_due
-        torch.manual_seed(_step_seed(cfg.train.seed, step, info.rank))
-        # forward + backward per micro-batch; gradients sync on the last one
         micro = [{k: v.to(info.device, non_blocking=True) for k, v in mb.items()}
                  for mb in split_batch(batch, cfg.optim.accum_steps)]
-        terms_sum: dict[str, torch.Tensor] = {}
-        nonfinite = torch.zeros((), device=info.device)
-        for i, mb in enumerate(micro):
-            with parallel.grad_sync(wrapped, i == len(micro) - 1), precision_context(info.device, cfg.train.precision):
-                terms = wrapped(mb, step)
-            nonfinite = nonfinite + (~torch.isfinite(terms["loss"].detach())).float()
-            (terms["loss"] / len(micro)).backward()
-            if log_due:
-                for k, v in terms.items():
-                    terms_sum[k] = terms_sum.get(k, 0) + v.detach().float() / len(micro)
-        norms = clip_gradients(task, cfg.optim)
-        grad_norm = total_norm(norms, info.device)
-        # A step whose loss (on any rank) or gradient is not finite is skipped on every rank, decided on the device:
-        # the fused AdamW kernel leaves parameters, moments and step count alone where `found_inf` is 1.
-        skip = ((dist.all_reduce_sum(nonfinite) > 0) | ~torch.isfinite(grad_norm)).float()
-        opt.found_inf = skip
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if task.clip is not None:
-            with torch.no_grad():  # OpenCLIP: keep the learnable temperature in [0, log(max)]
-                model.logit_scale.clamp_(0, math.log(cfg.clip.max_logit_scale))
-        momentum = 0.0
-        if task.ssl is not None:
-            momentum = cosine(step, total, *cfg.ssl.momentum)
-            task.ssl.update_teacher(model, momentum, keep=1.0 - skip)
-        counters.add(skip, batch["skipped"].to(info.device))
+        result = train_step(cfg, task, wrapped, opt, micro, step, info, log=log_due)
+        counters.add(result.skip, batch["skipped"].to(info.device))
 
         done = step + 1
         # ranks agree on stopping (a collective read on the host) at log steps; one process checks every step
         agree = log_due or not dist.is_dist()
         scalars = None
         if log_due:
-            terms_sum["grad_norm"] = grad_norm
-            if cfg.optim.clip_mode == "module":
-                terms_sum.update({f"grad_norm_{part}": n for part, n in norms.items()})
-            values, (skipped_samples, skipped_steps, streak) = counters.read(terms_sum)
+            values, (skipped_samples, skipped_steps, streak) = counters.read(result.terms)
             now, interval = time.time(), done - done_log
-            scalars = dict(values, lr=lr, weight_decay=wd, skipped_samples=skipped_samples,
+            scalars = dict(values, lr=result.lr, weight_decay=result.weight_decay, skipped_samples=skipped_samples,
                            images_per_s=cfg.train.batch * interval / max(now - t_log, 1e-9))
             t_log, done_log = now, done
             if task.ssl is not None:
-                scalars["teacher_momentum"] = momentum
+                scalars["teacher_momentum"] = result.momentum
             if skipped_steps:
                 logger.warn(f"step {done}: {skipped_steps} of the last {interval} steps skipped (non-finite loss or "
                             f"gradient), the last {streak} in a row")
