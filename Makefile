@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 benchmark: $(STAMP)
-	$(VENV)/bin/python benchmarks/encode_decode.py --preset vtp-s --size 256 --batch 8
+	$(VENV)/bin/python benchmarks/inference.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
