@@ -10,7 +10,7 @@ float32 eager variant of the same op and cell, the ratio to the same variant on 
 (counted by torch, attention included) as a share of the matmul peak of that dtype and thread count. Inductor keeps
 compiled kernels in its on-disk cache: a repeated run reports shorter compile times.
 
-    python benchmarks/inference.py             # vtp-s 256 px batch 8, encode + decode; threads 1,2; fp32, bf16; eager, compiled
+    python benchmarks/inference.py   # vtp-s 256 px batch 8, encode + decode; threads 1,2; fp32, bf16; eager, compiled
     python benchmarks/inference.py --presets vtp-s,vtp-b --sizes 256 --batches 1,8 --threads 2 --modes eager
     python benchmarks/inference.py --profile --ops encode --dtypes float32 --threads 1   # where the time goes
 """

@@ -36,8 +36,8 @@ def cmd_extract_latents(args) -> None:
         if classes is not None:
             index["num_classes"] = classes
             (out / "index.json").write_text(json.dumps(index, indent=2))
-        print(f"{index['num_images']} images -> latents {index['latent_shape']} (+ flips, {index['precision']}) in {out}"
-              + (f"; {classes} classes: train with data.num_classes={classes}" if classes else ""))
+        print(f"{index['num_images']} images -> latents {index['latent_shape']} (+ flips, {index['precision']}) "
+              f"in {out}" + (f"; {classes} classes: train with data.num_classes={classes}" if classes else ""))
 
 
 def cmd_train_dit(args) -> None:
