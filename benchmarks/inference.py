@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak import DTYPES, flops_by_op, gemm_peak, seconds_per_call, sync  # noqa: E402
 
 from openvtp import VTPConfig, VTPModel  # noqa: E402
+from openvtp.models.config import PRESETS  # noqa: E402
 
 OPS = ("encode", "decode", "clip")
 MODES = ("eager", "compiled")
@@ -257,8 +258,8 @@ def main() -> None:
     ap.add_argument("--ops", type=csv(str), default=["encode", "decode"],
                     help="encode,decode,clip (default: encode,decode; clip runs the same trunk as encode)")
     ap.add_argument("--compile-ops", type=csv(str), default=["encode"],
-                    help="ops that are also timed compiled (default: encode; compiling takes ~30 s per op, dtype "
-                         "and thread count on 2 CPU cores)")
+                    help="ops that are also timed compiled (default: encode; each op, dtype and thread count "
+                         "compiles anew: 14-102 s for vtp-s on a busy 2-core CPU)")
     ap.add_argument("--iters", type=int, default=2, help="calls per round (default: 2)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best is kept (default: 2)")
     ap.add_argument("--warmup", type=int, default=1, help="calls after the first, before timing (default: 1)")
@@ -269,7 +270,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15, help="--profile: kernels shown per op (default: 15)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args()
-    for name, allowed in (("dtypes", DTYPES), ("modes", MODES), ("ops", OPS), ("compile_ops", OPS)):
+    for name, allowed in (("presets", PRESETS), ("dtypes", DTYPES), ("modes", MODES), ("ops", OPS),
+                          ("compile_ops", OPS)):
         bad = [v for v in getattr(args, name) if v not in allowed]
         if bad:
             ap.error(f"--{name.replace('_', '-')}: unknown {bad[0]!r}; choose from {', '.join(allowed)}")
