@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from openvtp.errors import OpenVTPError
 from openvtp.files import TEMP_MARK, write_safetensors
+from openvtp.precision import autocast, resolve
 from openvtp.train import dist
 from openvtp.train.checkpoint import atomic_torch_save
 from openvtp.train.interrupt import quiet_worker
@@ -122,8 +123,6 @@ def extract_latents(
     precision: "fp32", "bf16" (the encoder under bf16 autocast; latents stored as float32) or "auto" (fp32).
     Resumable and torchrun-aware (see the module docstring). Returns the directory.
     """
-    from openvtp.precision import resolve
-
     precision = resolve(precision, "cpu")  # auto is float32 on every device, as before the option existed
     info = dist.init(device)
     with RunFolder(out_dir, "--out", dist.is_main(), info.device, resume=()) as run:
@@ -146,8 +145,6 @@ def _read_partial(out: Path, k: int) -> tuple[list[torch.Tensor], list[torch.Ten
 def _extract(run: RunFolder, device: torch.device, tokenizer: nn.Module, dataset: Any, out: Path,
              image_size: int | None, batch_size: int, shard_size: int, label_fn: Callable[[dict], int] | None,
              stats_num: int, seed: int, num_workers: int, progress: bool, precision: str) -> Path:
-    from openvtp.precision import autocast
-
     n = len(dataset)
     if n == 0:
         raise OpenVTPError("no images to encode: the data is empty")
