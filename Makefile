@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 benchmark: $(STAMP)
-	$(VENV)/bin/python benchmarks/encode_decode.py --preset vtp-s --size 256 --batch 8
+	$(VENV)/bin/python benchmarks/inference.py
 
 # one GPU: speed, MFU, memory and bf16-vs-fp32 checks (benchmarks/gpu_check.py); without CUDA its reduced CPU mode
 gpu-check: $(STAMP)

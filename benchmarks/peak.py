@@ -11,6 +11,7 @@ import time
 from typing import Callable
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -33,11 +34,31 @@ def seconds_per_call(fn: Callable[[], object], iters: int, warmup: int, device: 
     return (time.perf_counter() - t0) / iters
 
 
-def counted_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of `fn` as torch counts them (matmuls, convolutions, attention; forward and backward)."""
-    with FlopCounterMode(display=False) as counter:
+def _cpu_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                            **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# torch counts the CUDA attention kernels only; the CPU flash kernel does the same two matmuls per head.
+CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward}
+
+
+def flops_by_op(fn: Callable[[], object]) -> dict[str, int]:
+    """FLOPs of one call of `fn` per aten op ("aten::addmm": n, as the profiler names ops) as torch counts them
+    (matmuls, convolutions, attention on CPU and CUDA; forward and backward)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
         fn()
-    return int(counter.get_total_flops())
+    return {str(op).replace(".", "::", 1): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of `fn` as torch counts them (see `flops_by_op`)."""
+    return sum(flops_by_op(fn).values())
 
 
 def gemm_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None,

@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from openvtp.files import remove_created, writable_dir
+from openvtp.precision import PRECISIONS
 
 _created: list[Path] = []  # output folders this command created; removed again (if empty) when it fails
 
@@ -42,6 +43,13 @@ def _int_at_least(lowest: int, what: str):
 
 positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def precision_arg(parser: argparse.ArgumentParser, auto: str) -> None:
+    """`--precision auto|fp32|bf16`; `auto` says what auto means for this command."""
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help=f"arithmetic: fp32 (the model's own), bf16 (autocast: faster on CPUs with bf16 "
+                             f"matmuls, about 3 significant digits) or {auto}")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
-from .common import non_negative_int, output_folder, positive_int
+from .common import non_negative_int, output_folder, positive_int, precision_arg
 
 ALL_TASKS = "zeroshot,linprobe,knn,retrieval,recon"
 VTP_TASKS = "zeroshot,linprobe,recon"  # the tasks VTP's tools/ scripts have
@@ -42,7 +42,8 @@ def cmd_eval(args) -> None:
         knn_k=args.knn_k,
         knn_temperature=args.knn_temperature, fid_weights=args.fid_weights, lpips=args.lpips, lpips_net=args.lpips_net,
         batch_size=args.batch_size, workers=args.workers, chunk_size=args.chunk_size, grid=args.grid,
-        device=args.device, progress=not args.no_progress, cache_dir=args.cache, seed=args.seed)
+        device=args.device, precision=args.precision, progress=not args.no_progress, cache_dir=args.cache,
+        seed=args.seed)
     invoked = sys.argv and sys.argv[0].endswith(("openvtp", "__main__.py"))  # not when main() is called in-process
     command = "openvtp " + shlex.join(sys.argv[1:]) if invoked else "openvtp eval " + shlex.join(args.models)
     check_data_spec(args.data, args.train_data, args.classnames)
@@ -194,6 +195,7 @@ def register(sub) -> None:
     p.add_argument("--chunk-size", type=positive_int, default=1024, help="images per feature-cache chunk (resume unit)")
     p.add_argument("--grid", type=non_negative_int, default=8, help="image pairs in the reconstruction grid PNG (0: none)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    precision_arg(p, "auto: bf16 on CUDA except where --protocol vtp runs float32, float32 on CPU")
     p.add_argument("--cache", default=None, help="feature cache folder (default: OUT/cache)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit subsets and the probes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
-from .common import non_negative_int, output_folder, positive_int
+from .common import non_negative_int, output_folder, positive_int, precision_arg
 
 SAMPLE_KEYS = ("sample.", "fid.")
 
@@ -28,7 +28,7 @@ def cmd_extract_latents(args) -> None:
     dataset, classes = open_source(args.data, size, args.num, args.seed, args.labels)
     out = extract_latents(model, dataset, args.out, image_size=size, batch_size=args.batch_size,
                           shard_size=args.shard_size, stats_num=args.stats_num, seed=args.seed, device=args.device,
-                          num_workers=args.workers)
+                          num_workers=args.workers, precision=args.precision)
     from openvtp.train import dist
 
     if dist.is_main():
@@ -36,8 +36,8 @@ def cmd_extract_latents(args) -> None:
         if classes is not None:
             index["num_classes"] = classes
             (out / "index.json").write_text(json.dumps(index, indent=2))
-        print(f"{index['num_images']} images -> latents {index['latent_shape']} (+ flips) in {out}"
-              + (f"; {classes} classes: train with data.num_classes={classes}" if classes else ""))
+        print(f"{index['num_images']} images -> latents {index['latent_shape']} (+ flips, {index['precision']}) "
+              f"in {out}" + (f"; {classes} classes: train with data.num_classes={classes}" if classes else ""))
 
 
 def cmd_train_dit(args) -> None:
@@ -214,6 +214,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=non_negative_int, default=0, help="data loader workers")
     p.add_argument("--seed", type=int, default=0, help="seed of the statistics' random subset")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    precision_arg(p, "auto: float32 on every device (as before the flag; recorded in index.json)")
     p.set_defaults(func=cmd_extract_latents)
 
     p = sub.add_parser("train-dit", help="train a LightningDiT on extracted latents (torchrun for several GPUs)")

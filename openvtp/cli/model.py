@@ -8,7 +8,7 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
-from .common import output_folder, positive_int
+from .common import output_folder, positive_int, precision_arg
 
 
 def load_model(name: str, revision: str | None = None):
@@ -67,16 +67,20 @@ def cmd_reconstruct(args) -> None:
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     from openvtp.data.image_io import read_image, save_image
+    from openvtp.precision import LABELS, autocast, resolve
 
     names = recon_names(args.images)
     model = load_model(args.model, args.revision)
+    precision = resolve(args.precision, "cpu")
     size = model.config.resolution(args.size, args.model)
     images = [read_image(path, size, mode="crop") for path in args.images]  # read all first: fail before work
     out = output_folder(args.out, "--out")
+    if precision != "fp32":
+        print(f"precision: {LABELS[precision]}")
     for path, img, name in zip(args.images, images, names):
         x = img.float().div(255).unsqueeze(0)
-        with torch.inference_mode():
-            rec = model.decode(model.encode(x))
+        with torch.inference_mode(), autocast("cpu", precision):
+            rec = model.decode(model.encode(x)).float()
         psnr = peak_signal_noise_ratio(rec, x, data_range=1.0).item()
         target = out / name
         save_image(torch.cat((x[0], rec[0]), dim=-1), target)
@@ -121,6 +125,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=positive_int, default=None,
                    help="resize + centre crop to this size (default: the model's image_size)")
+    precision_arg(p, "auto: float32 (this command runs on the CPU)")
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("zeroshot", help="zero-shot label probabilities for one image")

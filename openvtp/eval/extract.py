@@ -1,5 +1,5 @@
 """One pass of a model over an image set for evaluation: batched, chunked into a resumable on-disk cache, split over
-torchrun ranks, `inference_mode`, bf16 autocast on CUDA.
+torchrun ranks, `inference_mode`, in the precision asked (`openvtp.precision`: by default bf16 autocast on CUDA).
 
 A pass computes every feature the tasks may want from one forward (the trunk's last blocks, pooled patch tokens,
 the pooled bottleneck latent, the CLIP embedding), so each (model, split, preprocessing) is read and encoded once.
@@ -7,7 +7,6 @@ Images that cannot be read are left out of the chunk; the chunk's `labels` hold 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from openvtp.errors import Interrupted, OpenVTPError
+from openvtp.precision import autocast
 from openvtp.train.interrupt import StopSignals, quiet_worker
 
 from .datasets import READ_ERRORS, EvalSet
@@ -73,10 +73,6 @@ def load_model(spec: str, name: str, device: torch.device, size: int | None = No
     return LoadedModel(name, spec, model, model_fingerprint(model_dir), size, device)
 
 
-def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def digest(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -90,9 +86,8 @@ def quantise(images01: torch.Tensor) -> torch.Tensor:
 
 
 def pass_compute(lm: LoadedModel, features: bool = True, recon: bool = False, lpips_net=None, inception=None,
-                 n_last: int = 4, amp: bool = True) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    """uint8 images (B, 3, H, W) -> per-image tensors, from one trunk forward (under bf16 autocast on CUDA unless
-    `amp` is false).
+                 n_last: int = 4, precision: str = "fp32") -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """uint8 images (B, 3, H, W) -> per-image tensors, from one trunk forward in `precision` ("fp32" or "bf16").
 
     features: "cls_blocks" (B, n, D) class token of the last n blocks (normed, shallowest first), "patch_mean" (B, D)
         mean final patch token, "latent_mean" (B, C) mean bottleneck latent, "clip" (B, T) CLIP embedding.
@@ -111,7 +106,7 @@ def pass_compute(lm: LoadedModel, features: bool = True, recon: bool = False, lp
     def compute(images: torch.Tensor) -> dict[str, torch.Tensor]:
         x01 = images.to(device).float().div(255)
         out = {}
-        with autocast(device) if amp else contextlib.nullcontext():
+        with autocast(device, precision):
             last, kept = model.trunk.forward_blocks(model.normalize(x01), keep=set(wanted) if features else None)
             tokens = model.trunk.norm(last)  # (B, 1+N, D)
             if features:

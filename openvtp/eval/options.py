@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from openvtp.errors import OpenVTPError
+from openvtp.precision import check_precision
 
 # How each task family preprocesses images by default, as the released protocols do.
 DEFAULT_PREPROCESS = {"recon": "adm", "zeroshot": "squash", "retrieval": "squash", "probe": "crop"}
@@ -57,6 +58,7 @@ class EvalOptions:
     chunk_size: int = 1024
     grid: int = 8
     device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA (float32 where the vtp protocol wants it), else float32
     progress: bool = True
     cache_dir: str | None = None
     seed: int = 0
@@ -92,6 +94,7 @@ class EvalOptions:
             raise OpenVTPError(f"--lpips-net must be one of {', '.join(LPIPS_NETS)}, got {self.lpips_net!r}")
         if self.probe_epoch_length < 0:
             raise OpenVTPError(f"--probe-epoch-length must be >= 0 (0: auto), got {self.probe_epoch_length}")
+        check_precision(self.precision)
         if self.lpips not in ("auto", "random", "none"):
             raise OpenVTPError(f"--lpips must be auto, random or none, got {self.lpips!r}")
         if self.fid_weights not in ("auto", "random", "none") and not Path(self.fid_weights).is_file():

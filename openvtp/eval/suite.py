@@ -20,9 +20,10 @@ import torch.nn.functional as F
 
 from openvtp.data.text import VOCAB_SIZE
 from openvtp.errors import OpenVTPError
+from openvtp.precision import LABELS, autocast, resolve
 
 from .datasets import EvalData, EvalSet, open_data
-from .extract import LoadedModel, autocast, cached_pass, pass_compute, quantise
+from .extract import LoadedModel, cached_pass, pass_compute, quantise
 from .options import PREPROCESS_NAMES, TASKS, VTP_PREPROCESS, EvalOptions
 
 log = logging.getLogger(__name__)
@@ -79,36 +80,48 @@ class Suite:
         text = PREPROCESS_NAMES[method]
         return text.replace("crop_pct", f"crop_pct {self.opts.crop_pct}") if method == "crop" else text
 
+    def precision(self, device: torch.device, mode: str = "auto") -> str:
+        """The resolved precision of a pass: --precision, whose auto is bf16 on CUDA except in mode "fp32" (VTP's
+        float32 zero-shot), and float32 elsewhere."""
+        return resolve(self.opts.precision, device, cuda_default="fp32" if mode == "fp32" else "bf16")
+
     def run_pass(self, lm: LoadedModel, data: EvalData, es: EvalSet, method: str, kinds: set[str],
                  size: int | None = None, mode: str = "auto"):
         """One cached pass over `es` at `size` (default: the model's) computing what `kinds` ("features", "recon")
-        need; mode "auto" (bf16 autocast on CUDA), "fp32" or "vtp-recon" (VTP's reconstruction metrics)."""
+        need; mode "auto", "fp32" (float32 under --precision auto) or "vtp-recon" (VTP's reconstruction metrics)."""
         from .vtp_protocol import recon_compute
 
         o, size = self.opts, size or lm.size
+        precision = self.precision(lm.device, mode)
         meta = {"kinds": sorted(kinds), "model": lm.fingerprint, "data": es.fingerprint, "split": es.split,
                 "size": size, "preprocess": method, "crop_pct": o.crop_pct if method == "crop" else None}
         if mode != "auto":
             meta["mode"] = mode
+        if o.precision != "auto":  # auto computes what earlier versions did: their caches stay valid
+            meta["precision"] = precision
         lp = inc = None
         if "recon" in kinds:
             lp, inc, fid_id, _ = self.metric_nets(lm.device)
             meta |= {"lpips": o.lpips if lp is not None else None, "lpips_net": self.lpips_net, "fid": fid_id}
         if mode == "vtp-recon":
             patch = lm.model.config.vision_patch_size
-            compute = recon_compute(lm.model, lm.device, autocast(lm.device), lp, inc, patch)
+            compute = recon_compute(lm.model, lm.device, autocast(lm.device, precision), lp, inc, patch)
         else:
-            compute = pass_compute(lm, "features" in kinds, "recon" in kinds, lp, inc, amp=mode == "auto")
+            compute = pass_compute(lm, "features" in kinds, "recon" in kinds, lp, inc, precision=precision)
         return cached_pass(self.cache_root / lm.name, meta, es, size, method, o.crop_pct, compute, o.batch_size,
                            self.workers(data), o.chunk_size, o.progress,
                            f"{lm.name} {'+'.join(sorted(kinds))} {es.split}/{method}{size}")
 
     def base_protocol(self, data: EvalData, es: EvalSet, lm: LoadedModel, method: str, kept: int,
-                      size: int | None = None, vtp: bool = False) -> dict:
+                      size: int | None = None, vtp: bool = False, mode: str = "auto") -> dict:
+        """What every entry records; `mode` is that of the pass its features came from."""
         size = size or lm.size
+        precision = LABELS[self.precision(lm.device, mode)]
+        if mode == "vtp-recon":
+            precision = f"{precision} encoder, float32 decoder"
         return {"eval_protocol": "vtp" if vtp else "openvtp", "dataset": data.name, "data_kind": data.kind,
                 "split": es.split, "images": kept, "skipped_images": len(es) - kept, "resolution": size,
-                "preprocessing": self.preprocessing(data, method, size)}
+                "preprocessing": self.preprocessing(data, method, size), "precision": precision}
 
     @property
     def lpips_net(self) -> str:
@@ -259,13 +272,12 @@ class Suite:
         ls = data.test.labelsets[labelset]
         model, device = lm.model, lm.device
         vtp = key[3] == "fp32"  # VTP's script: float32 throughout (its default precision)
-        with torch.inference_mode(), contextlib.nullcontext() if vtp else autocast(device):
+        with torch.inference_mode(), autocast(device, self.precision(device, key[3])):
             clf = build_zero_shot_classifier(lambda t: model.get_clip_text_feature(t.to(device)), ls.classnames,
                                              ls.templates, model.tokenize).float().cpu()
         topk = (1, 5) if len(ls.classnames) > 5 else (1,)
         metrics = zero_shot_accuracy(F.normalize(feats["clip"].float(), dim=-1), clf, ls.labels[positions], topk)
-        proto = self.base_protocol(data, data.test, lm, key[1], len(positions), vtp=vtp) | {
-            "precision": "float32" if vtp or device.type != "cuda" else "bf16 autocast",
+        proto = self.base_protocol(data, data.test, lm, key[1], len(positions), vtp=vtp, mode=key[3]) | {
             "features": "CLIP image embedding (L2-normalised)", "classes": len(ls.classnames),
             "class_names": ls.names_source, "templates": ls.templates_source,
             "class_name_list": ls.classnames, "template_list": ls.templates,
@@ -281,7 +293,7 @@ class Suite:
         texts = [c for _, c in caps]
         model, device = lm.model, lm.device
         chunks = []
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device, self.precision(device)):
             for s in range(0, len(texts), 256):
                 chunks.append(model.get_clip_text_feature(model.tokenize(texts[s : s + 256])).float().cpu())
         metrics = retrieval_recall(feats["clip"].float(), torch.cat(chunks), owner)
@@ -371,7 +383,7 @@ class Suite:
             v = dinov2_feature_variants(f["cls_blocks"].float(), f["patch_mean"].float())
             return {f"cls{n}_avgpool": v[f"cls{n}_avgpool"] for n in blocks}
 
-        features = pass_compute(lm, features=True)
+        features = pass_compute(lm, features=True, precision=self.precision(lm.device, test_key[3]))
         batch = min(self.opts.probe_batch or PROBE_BATCH, len(data.train))
         with few_threads(lm.device, batch * fte["cls_blocks"][0].numel()):
             res = linear_probe_vtp(lambda images: variants(features(images)), data.train, ytr, variants(fte), yte,
@@ -417,9 +429,9 @@ class Suite:
         trunk = "random trunk: meaningless" if self.opts.lpips == "random" else "ImageNet trunk"
         lpips_text = f"{'VGG16' if self.lpips_net == 'vgg' else 'AlexNet'} v0.1, per image, averaged, {trunk}"
         weights = f"weights {fid_id}" + (" (random: meaningless)" if fid_id == "random" else "")
-        proto = self.base_protocol(data, data.test, lm, key[1], len(positions), vtp=vtp) | ({
-            "reconstructions": "VTP's test_reconstruction_hf.py: encoder under the eval's autocast (bf16 on CUDA), "
-                               "decoder in float32, metrics on the float reconstructions clamped to [0, 1]",
+        proto = self.base_protocol(data, data.test, lm, key[1], len(positions), vtp=vtp, mode=key[3]) | ({
+            "reconstructions": "VTP's test_reconstruction_hf.py: encoder in the eval's precision, decoder in float32, "
+                               "metrics on the float reconstructions clamped to [0, 1]",
             "psnr": "20 log10(255 / RMSE) per image, averaged",
             "ssim": "torchmetrics SSIM (Gaussian 11x11, sigma 1.5) per image, averaged (VTP averages batch means: "
                     "the same when the batch divides the set)",
@@ -452,7 +464,7 @@ class Suite:
             except READ_ERRORS:
                 continue
         x = torch.stack(images).float().div(255)
-        with torch.inference_mode(), autocast(lm.device):
+        with torch.inference_mode(), autocast(lm.device, self.precision(lm.device)):
             rec = lm.model.decode(lm.model.encode(x.to(lm.device))).float().cpu()
         path = self.out / f"recon_{lm.name}.png"
         tmp = path.with_name(f".{path.stem}.tmp.png")
@@ -564,6 +576,7 @@ def evaluate(models: list[str], data: str, opts: EvalOptions, out: str | Path, n
         "tasks": [t for t in TASKS if t in opts.tasks],
         "options": dataclasses.asdict(opts),
         "device": str(info.device),
+        "precision": LABELS[resolve(opts.precision, info.device, cuda_default="bf16")],
         "models": model_info,
         "results": results,
     }

@@ -6,7 +6,7 @@ openvtp's own protocol.
   128, lr scaled by batch / 256; train images random-resized-cropped (bicubic) and flipped afresh every step, eval
   images resized to 256 and centre-cropped to 224; "epochs" of 1250 iterations, the classifiers scored on the eval
   split after each, the best (epoch, classifier) reported.
-- Reconstruction (`test_reconstruction_hf.py`): encoder under the eval's autocast, decoder in float32; metrics on
+- Reconstruction (`test_reconstruction_hf.py`): encoder in the eval's precision, decoder in float32; metrics on
   the float reconstructions (PSNR 20 log10(255 / RMSE), torchmetrics SSIM, LPIPS-VGG); rFID with pytorch-fid
   between the originals and reconstructions saved as PNGs truncated to uint8 (`(x * 255).astype(uint8)`).
 
@@ -160,7 +160,7 @@ def recon_compute(model, device: torch.device, amp, lpips_net=None, inception=No
     """uint8 images -> per-image "psnr", "ssim", "lpips", "psnr_patch_mean" and pytorch-fid pool features of the
     truncated originals and reconstructions ("inception_orig", "inception_recon"), VTP's script's way.
 
-    amp: the autocast context the encoder runs under (bf16 on CUDA, as the script's default precision).
+    amp: the autocast context the encoder runs under (the eval's precision: by default bf16 on CUDA, as the script).
     """
     from torchmetrics.functional.image import structural_similarity_index_measure
 

@@ -5,7 +5,7 @@ Layout of a latents directory (the LightningDiT / VTP layout, with fixed-size sh
     latents_00000.safetensors   latents (n, C, h, w) f32, latents_flip (n, C, h, w) f32, labels (n,) i64,
                                 indices (n,) i64 (dataset positions)
     captions_00000.json         the shard's captions (only when the data has captions)
-    index.json                  number of images, shard size, latent shape, labelled or not, complete
+    index.json                  number of images, shard size, latent shape, labelled or not, precision, complete
     latents_stats.pt            {'mean': (1, C, 1, 1), 'std': (1, C, 1, 1)}, plain tensors (weights_only)
     latents_stats.json          the same numbers, readable
 
@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from openvtp.errors import OpenVTPError
 from openvtp.files import TEMP_MARK, write_safetensors
+from openvtp.precision import autocast, resolve
 from openvtp.train import dist
 from openvtp.train.checkpoint import atomic_torch_save
 from openvtp.train.interrupt import quiet_worker
@@ -111,6 +112,7 @@ def extract_latents(
     device: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    precision: str = "auto",
 ) -> Path:
     """Encode every item of `dataset` (and its horizontal flip) with `tokenizer.encode` into shards.
 
@@ -118,12 +120,14 @@ def extract_latents(
     `caption`. image_size: ADM centre crop to this side (None keeps images as they are; they must
     then share one size). label_fn maps an item to its class (default: item["label"], else 0).
     stats_num > 0 computes `latents_stats.pt` from that many random latents at the end.
+    precision: "fp32", "bf16" (the encoder under bf16 autocast; latents stored as float32) or "auto" (fp32).
     Resumable and torchrun-aware (see the module docstring). Returns the directory.
     """
+    precision = resolve(precision, "cpu")  # auto is float32 on every device, as before the option existed
     info = dist.init(device)
     with RunFolder(out_dir, "--out", dist.is_main(), info.device, resume=()) as run:
         return _extract(run, info.device, tokenizer, dataset, Path(out_dir), image_size, batch_size, shard_size,
-                        label_fn, stats_num, seed, num_workers, progress)
+                        label_fn, stats_num, seed, num_workers, progress, precision)
 
 
 def _read_partial(out: Path, k: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int], list]:
@@ -140,7 +144,7 @@ def _read_partial(out: Path, k: int) -> tuple[list[torch.Tensor], list[torch.Ten
 
 def _extract(run: RunFolder, device: torch.device, tokenizer: nn.Module, dataset: Any, out: Path,
              image_size: int | None, batch_size: int, shard_size: int, label_fn: Callable[[dict], int] | None,
-             stats_num: int, seed: int, num_workers: int, progress: bool) -> Path:
+             stats_num: int, seed: int, num_workers: int, progress: bool, precision: str) -> Path:
     n = len(dataset)
     if n == 0:
         raise OpenVTPError("no images to encode: the data is empty")
@@ -149,8 +153,12 @@ def _extract(run: RunFolder, device: torch.device, tokenizer: nn.Module, dataset
         if old["num_images"] != n or old["shard_size"] != shard_size:
             raise OpenVTPError(f"{out} holds latents of another dataset ({old['num_images']} images, shard size "
                                f"{old['shard_size']}); use a new output directory")
+        if old.get("precision", "fp32") != precision:  # folders of earlier versions were float32
+            raise OpenVTPError(f"{out} holds latents encoded in {old.get('precision', 'fp32')}, not {precision}; "
+                               f"resume with --precision {old.get('precision', 'fp32')} or use a new output directory")
     elif dist.is_main():  # the layout is recorded first, so a resumed run can check it
-        (out / INDEX).write_text(json.dumps({"num_images": n, "shard_size": shard_size, "complete": False}))
+        (out / INDEX).write_text(json.dumps({"num_images": n, "shard_size": shard_size, "precision": precision,
+                                             "complete": False}))
     label_fn = label_fn or _default_label
     tokenizer = tokenizer.to(device).eval()
     num_shards = (n + shard_size - 1) // shard_size
@@ -167,8 +175,9 @@ def _extract(run: RunFolder, device: torch.device, tokenizer: nn.Module, dataset
                             num_workers=num_workers, collate_fn=list, worker_init_fn=quiet_worker)
         for items in loader:
             x = torch.stack([it["image"] for it in items]).to(device).float() / 255  # (B, 3, S, S)
-            lat.append(tokenizer.encode(x).float().cpu())
-            lat_flip.append(tokenizer.encode(x.flip(-1)).float().cpu())
+            with autocast(device, precision):
+                lat.append(tokenizer.encode(x).float().cpu())
+                lat_flip.append(tokenizer.encode(x.flip(-1)).float().cpu())
             labels += [label_fn(it) for it in items]
             captions += [it.get("caption") for it in items]
             bar.update(len(items))
@@ -196,7 +205,7 @@ def _extract(run: RunFolder, device: torch.device, tokenizer: nn.Module, dataset
             labelled = "label" in dataset[0] or label_fn is not _default_label
         (out / INDEX).write_text(json.dumps({
             "num_images": n, "shard_size": shard_size, "num_shards": num_shards, "latent_shape": shape,
-            "image_size": image_size, "labelled": labelled, "complete": True,
+            "image_size": image_size, "labelled": labelled, "precision": precision, "complete": True,
         }, indent=2))
         if stats_num > 0:
             compute_latent_stats(out, stats_num, seed)
@@ -227,8 +236,8 @@ def compute_latent_stats(latents_dir: str | Path, num: int = 10_000, seed: int =
     stats = {"mean": z.mean(dim=(0, 2, 3), keepdim=True).float(), "std": z.std(dim=(0, 2, 3), keepdim=True).float()}
     atomic_torch_save(stats, latents_dir / STATS)
     (latents_dir / "latents_stats.json").write_text(json.dumps(
-        {"num": len(z), "seed": seed, "mean": stats["mean"].flatten().tolist(), "std": stats["std"].flatten().tolist()},
-        indent=2))
+        {"num": len(z), "seed": seed, "precision": index.get("precision", "fp32"),
+         "mean": stats["mean"].flatten().tolist(), "std": stats["std"].flatten().tolist()}, indent=2))
     return stats
 
 
