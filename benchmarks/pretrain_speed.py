@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from peak import gemm_peak  # noqa: E402
+from peak import CPU_ATTENTION, gemm_peak  # noqa: E402
 
 from openvtp.config.load import load_config  # noqa: E402
 from openvtp.config.schema import PretrainConfig  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> None:
         cfg = load_config(PretrainConfig, args.config, [*args.set, *overrides])
         threads = cfg.train.threads or torch.get_num_threads()
         torch.set_num_threads(threads)
-        flops = pretrain_step_flops(cfg)
+        flops = pretrain_step_flops(cfg, custom_mapping=CPU_ATTENTION)
         peak = gemm_peak("cpu", torch.float32)
         mean = statistics.mean(rates[name])
         spread = statistics.stdev(rates[name]) if len(rates[name]) > 1 else 0.0

@@ -19,13 +19,16 @@ from .data import build_loader
 from .task import PretrainTask
 
 
-def pretrain_step_flops(cfg: PretrainConfig, device: torch.device | str = "cpu") -> int:
+def pretrain_step_flops(cfg: PretrainConfig, device: torch.device | str = "cpu",
+                        custom_mapping: dict | None = None) -> int:
     """FLOPs of one optimiser step of `cfg` (the whole global batch, forward and backward, one process),
-    counted on `device` (a GPU-sized config counts in seconds there, in minutes on a CPU)."""
+    counted on `device` (a GPU-sized config counts in seconds there, in minutes on a CPU). custom_mapping:
+    FLOP formulas for ops torch does not count (benchmarks/peak.py's CPU attention); the study's figures
+    are counted without it."""
     cfg = replace(cfg, data=replace(cfg.data, workers=0))
     torch.manual_seed(cfg.train.seed)
     task = PretrainTask(cfg, VTPModel(cfg.model)).to(device).train()
     batch = {k: v.to(device) for k, v in next(iter(build_loader(cfg, 0, 1, 0))).items()}
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=custom_mapping) as counter:
         task(batch, 0)["loss"].backward()
     return int(counter.get_total_flops())
