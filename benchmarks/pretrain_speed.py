@@ -1,13 +1,15 @@
 """Pre-training speed: steps/s of `openvtp pretrain`, achieved FLOP/s and its share of the measured matmul peak.
 
 Each variant (a name and dotted overrides) runs the real loop in its own process for --steps steps; steps/s
-is read off the run's metrics.jsonl between step --warmup and the last step, so start-up and the first
-steps do not count. Variants run interleaved --repeat times; the first variant is the baseline of the ratios.
+is read off the run's metrics.jsonl between step --warmup (a logged step: a multiple of train.log_every) and
+the last step, so start-up and the first steps do not count. Variants run interleaved --repeat times; the
+first variant is the baseline of the ratios.
 
-    python benchmarks/pretrain_speed.py --config demo --steps 60 --warmup 10 \\
+    python benchmarks/pretrain_speed.py --config demo --steps 110 --warmup 10 \\
         --variant "1 thread: train.threads=1" --variant "2 threads: train.threads=2"
-    python benchmarks/pretrain_speed.py --config vtp-s --steps 4 --warmup 1 --set data.source=embedded \\
-        data.workers=1 train.batch=8 ssl.batch=4 recon.batch=4 ssl.prototypes=65536 recon.lpips_backbone=random --variant "vtp-s 256px: train.threads=2"
+    python benchmarks/pretrain_speed.py --config vtp-s --steps 4 --warmup 1 --repeat 1 --set train.log_every=1 \\
+        data.source=embedded data.workers=1 train.batch=8 ssl.batch=4 recon.batch=4 ssl.n_local=2 \\
+        ssl.prototypes=8192 recon.lpips_backbone=random --variant "vtp-s 256px: train.threads=2"
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from openvtp.config.load import load_config  # noqa: E402
 from openvtp.config.schema import PretrainConfig  # noqa: E402
 from openvtp.train.flops import pretrain_step_flops  # noqa: E402
 
-RUN = ["train.log_every=1", "train.image_every=0", "train.ckpt_every=1000000", "eval.images=50"]
+RUN = ["train.image_every=0", "train.ckpt_every=1000000", "eval.images=50"]
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -44,6 +46,8 @@ def steps_per_s(config: str, overrides: list[str], steps: int, warmup: int) -> f
         if run.returncode:
             sys.exit(f"{' '.join(cmd[2:])} failed: {run.stderr.strip().splitlines()[-1]}")
         times = {r["step"]: r["time_s"] for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())}
+    if warmup not in times:
+        sys.exit(f"--warmup {warmup} is not a logged step (train.log_every): logged {sorted(times)[:5]}...")
     return (steps - warmup) / (times[steps] - times[warmup])
 
 
