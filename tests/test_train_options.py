@@ -1,5 +1,6 @@
 """`train.activation_checkpointing` and `train.compile`: the same losses and gradients as without them."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from openvtp.models import VTPModel
 from openvtp.models.layers import checkpointing
 from openvtp.train import parallel
 from openvtp.train.data import build_loader
+from openvtp.train.logger import RunLogger
 from openvtp.train.loop import pretrain
 from openvtp.train.task import PretrainTask
 
@@ -43,6 +45,13 @@ def _assert_grads_close(a: dict, b: dict, rtol: float) -> None:
         assert err <= rtol * max(g.abs().max().item(), 1e-8), (name, err)
 
 
+def _pretrain_losses(monkeypatch, cfg) -> dict[int, float]:
+    """Per-step losses of `pretrain(cfg)`; the held-out evaluation at the end is skipped (6 s, no loss in it)."""
+    monkeypatch.setattr(RunLogger, "finish", lambda self, *args, **kwargs: {})
+    pretrain(cfg)
+    return _losses(Path(cfg.train.out_dir))
+
+
 def _assert_losses_close(a: dict, b: dict, rtol: float) -> None:
     assert sorted(a) == sorted(b) and len(a) >= 3
     for step in a:
@@ -58,32 +67,40 @@ def test_activation_checkpointing_keeps_loss_and_gradients_and_saves_fewer_activ
     assert saved_ac < 0.7 * saved, (saved_ac, saved)  # blocks keep only their inputs for the backward
 
 
-@pytest.mark.slow
 def test_activation_checkpointing_gives_the_same_per_step_losses(tmp_path, monkeypatch):
     calls = []
     real = checkpointing.checkpoint
     monkeypatch.setattr(checkpointing, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
-    args = (DROP_PATH, "train.steps=3", "eval.images=8")
-    pretrain(tiny_config(tmp_path / "plain", *args))
+    args = (DROP_PATH, "train.steps=3")
+    plain = _pretrain_losses(monkeypatch, tiny_config(tmp_path / "plain", *args))
     assert not calls
-    pretrain(tiny_config(tmp_path / "ac", *args, "train.activation_checkpointing=true"))
+    ac = _pretrain_losses(monkeypatch, tiny_config(tmp_path / "ac", *args, "train.activation_checkpointing=true"))
     assert calls  # the loop's step ran through the checkpointed blocks
-    _assert_losses_close(_losses(tmp_path / "plain"), _losses(tmp_path / "ac"), 1e-6)
+    _assert_losses_close(plain, ac, 1e-6)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as `pretrain` sets it (the preset's train.threads): compiled graphs guard on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
-def test_compile_gives_the_same_losses_and_gradients(tmp_path):
+def test_compile_gives_the_same_losses_and_gradients(tmp_path, monkeypatch, one_thread):
     torch._dynamo.reset()
-    args = (*AE, "recon.drop_path=0.2", "train.steps=3", "eval.images=8")
+    args = (*AE, "recon.drop_path=0.2", "train.steps=3")
     cfg = tiny_config(tmp_path / "eager", *args)
     loss, grads, _ = _one_step(cfg)
     loss_c, grads_c, _ = _one_step(cfg, compile=True)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the step did run compiled blocks
     assert abs(loss - loss_c) <= 1e-4 * abs(loss)
     _assert_grads_close(grads, grads_c, 1e-4)
-    pretrain(cfg)
-    pretrain(tiny_config(tmp_path / "compiled", *args, "train.compile=true"))
-    _assert_losses_close(_losses(tmp_path / "eager"), _losses(tmp_path / "compiled"), 1e-4)
+    eager = _pretrain_losses(monkeypatch, cfg)
+    compiled = _pretrain_losses(monkeypatch, tiny_config(tmp_path / "compiled", *args, "train.compile=true"))
+    _assert_losses_close(eager, compiled, 1e-4)
 
 
 def test_compile_without_a_cxx_compiler_is_one_clear_error(tmp_path, monkeypatch):
