@@ -67,11 +67,6 @@ def wrap(task: PretrainTask, strategy: str, device: torch.device) -> nn.Module:
     return fully_shard(task, mesh=mesh)
 
 
-# Compiled blocks round and draw as eager ones: bf16 RoPE keeps its per-op rounding (conformance) and
-# stochastic depth draws from torch's generator, so a compiled run follows the eager one's losses.
-_COMPILE_OPTIONS = {"emulate_precision_casts": True, "fallback_random": True}
-
-
 def prepare(task: PretrainTask, train: TrainConfig, device: torch.device) -> nn.Module:
     """`wrap` plus the step's memory and speed options: the module the loop calls.
 
@@ -91,7 +86,7 @@ def prepare(task: PretrainTask, train: TrainConfig, device: torch.device) -> nn.
             raise OpenVTPError("train.compile on CPU needs a C++ compiler (g++ or clang++ on PATH, or $CXX)")
         teacher = set(task.ssl.teacher["trunk"].blocks) if task.ssl is not None else set()
         for block in transformer_blocks(task):
-            compiled = torch.compile(block.forward, dynamic=False, options=_COMPILE_OPTIONS)
+            compiled = torch.compile(block.forward, dynamic=False)
             block.forward = compiled if block in teacher else _when_training(compiled, block.forward)
     return wrapped
 
