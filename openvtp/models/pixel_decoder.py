@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VTPConfig
-from .layers import Block, RopeEmbedding, make_norm, run_block
+from .layers import Block, RopeEmbedding, make_norm
+from .layers.checkpointing import run_block
 
 
 # The released decoder is built without an FFN ratio argument, so it always takes its default.

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import run_block
+from .layers.checkpointing import run_block
 
 
 class QuickGELU(nn.Module):

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from .config import VTPConfig
-from .layers import Block, RopeEmbedding, make_norm, run_block
+from .layers import Block, RopeEmbedding, make_norm
+from .layers.checkpointing import run_block
 
 
 class PatchEmbed(nn.Module):
