@@ -57,7 +57,7 @@ def main() -> None:
                    *overrides, f"train.steps={args.steps}", f"train.{args.option}={on}"]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
-                sys.exit(proc.stderr[-3000:])
+                sys.exit(f"{' '.join(cmd)}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
             res = json.loads(proc.stdout.splitlines()[-1])
         median = statistics.median(res["step_s"][warmup:])
         print(f"  train.{args.option}={on:5s}  {1 / median:6.2f} steps/s (median of steps {warmup + 1}-{args.steps}), "
