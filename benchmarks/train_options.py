@@ -60,7 +60,8 @@ def main() -> None:
                 sys.exit(f"{' '.join(cmd)}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
             res = json.loads(proc.stdout.splitlines()[-1])
         median = statistics.median(res["step_s"][warmup:])
-        print(f"  train.{args.option}={on:5s}  {1 / median:6.2f} steps/s (median of steps {warmup + 1}-{args.steps}), "
+        print(f"  train.{args.option}={on:5s}  {1 / median:6.2f} steps/s, {median:6.1f} s/step (median of steps "
+              f"{warmup + 1}-{args.steps}), "
               f"first step {res['step_s'][0]:7.1f} s, run {res['wall_s']:7.1f} s, peak RSS {res['peak_rss_mb']:7.0f} MB")
 
 
