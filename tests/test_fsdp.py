@@ -52,6 +52,17 @@ def test_fsdp_losses_equal_one_process(runs):
 
 
 @pytest.mark.slow
+def test_fsdp_with_activation_checkpointing_gives_the_same_losses(runs, tmp_path):
+    # each sharded block is checkpointed around its own call: the recompute in backward finds the
+    # parameters FSDP gathered for it
+    _ok(_torchrun(*ARGS, "train.steps=2", "eval.every=0", "train.parallel=fsdp",
+                  "train.activation_checkpointing=true", f"train.out_dir={tmp_path}"))
+    one, ac = _losses(runs / "one"), _losses(tmp_path)
+    assert sorted(ac) == [1, 2]
+    assert all(_close(one[s], ac[s]) for s in ac), (one, ac)
+
+
+@pytest.mark.slow
 def test_fsdp_checkpoint_and_tokenizer_are_full_single_process_state(runs):
     a, b = _state(runs / "one", 4), _state(runs / "fsdp", 4)
     assert sorted(a) == sorted(b)

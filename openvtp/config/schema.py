@@ -128,6 +128,8 @@ class TrainConfig:
     resume: str = ""                # '' | latest | path to a checkpoint directory
     time_limit_s: float = 0.0       # stop (and checkpoint) after this long; 0: no limit
     threads: int = 0                # CPU threads for the step (torch.set_num_threads); 0: torch's default
+    activation_checkpointing: bool = False  # recompute each transformer block's activations in backward (pre-training)
+    compile: bool = False           # torch.compile each transformer block (pre-training; CPU needs a C++ compiler)
 
 
 @dataclass
@@ -225,6 +227,8 @@ def validate_finetune(cfg: FinetuneDecoderConfig, world_size: int = 1) -> None:
     _need(cfg.optim.weight_decay_end == cfg.optim.weight_decay,
           "decoder fine-tuning uses a constant weight decay: set optim.weight_decay_end = optim.weight_decay")
     _need(t.parallel == "ddp", "decoder fine-tuning supports only train.parallel=ddp")
+    _need(not t.compile and not t.activation_checkpointing,
+          "train.compile and train.activation_checkpointing apply to pre-training only, not decoder fine-tuning")
     _need(cfg.loss.l1_weight >= 0 and cfg.loss.lpips_weight >= 0 and cfg.gan.weight >= 0, "loss weights must be >= 0")
     _need(cfg.loss.l1_weight > 0 or cfg.loss.lpips_weight > 0, "loss.l1_weight or loss.lpips_weight must be > 0")
     _need(cfg.gan.start_step >= 0, "gan.start_step must be >= 0")

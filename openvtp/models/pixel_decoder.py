@@ -7,6 +7,7 @@ from torch import nn
 
 from .config import VTPConfig
 from .layers import Block, RopeEmbedding, make_norm
+from .layers.checkpointing import run_block
 
 
 # The released decoder is built without an FFN ratio argument, so it always takes its default.
@@ -34,6 +35,10 @@ class PixelDecoder(nn.Module):
             for _ in range(cfg.decoder_depth))
         self.norm = make_norm(cfg.decoder_norm_layer, dim)
         self.proj_out = nn.Conv2d(dim, 3 * self.patch_size**2, kernel_size=1)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def embed(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> tokens (B, h*w, Dd), row-major."""
@@ -46,7 +51,7 @@ class PixelDecoder(nn.Module):
         x = self.embed(latents)
         rope = self.rope_embed(h, w)
         for blk in self.blocks:
-            x = blk(x, rope, drop_path if self.training else 0.0)
+            x = run_block(blk, self.grad_checkpointing, x, rope, drop_path if self.training else 0.0)
         x = F.linear(self.norm(x), self.proj_out.weight.flatten(1), self.proj_out.bias)  # (B, N, 3 p p)
         p = self.patch_size
         # pixel shuffle: channel c*p*p + i*p + j -> pixel (c, p*y + i, p*x + j)

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers.checkpointing import run_block
+
 
 class QuickGELU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,8 +60,12 @@ class TextTransformer(nn.Module):
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float, quick_gelu: bool):
         super().__init__()
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(dim, num_heads, mlp_ratio, quick_gelu) for _ in range(depth))
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor, causal: bool = True) -> torch.Tensor:
         for blk in self.resblocks:
-            x = blk(x, causal)
+            x = run_block(blk, self.grad_checkpointing, x, causal)
         return x

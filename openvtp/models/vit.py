@@ -6,6 +6,7 @@ from torch import nn
 
 from .config import VTPConfig
 from .layers import Block, RopeEmbedding, make_norm
+from .layers.checkpointing import run_block
 
 
 class PatchEmbed(nn.Module):
@@ -37,6 +38,10 @@ class VisionTrunk(nn.Module):
             for _ in range(cfg.vision_depth))
         self.norm = make_norm(cfg.vision_norm_layer, dim)
         self.feature_bottleneck = nn.Linear(dim, cfg.vision_feature_bottleneck, bias=False) if cfg.has_bottleneck else None
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.feature_bottleneck is None else self.feature_bottleneck(x)
@@ -61,7 +66,7 @@ class VisionTrunk(nn.Module):
         rope = self.rope_embed(h, w)
         kept: dict[int, torch.Tensor] = {}
         for i, blk in enumerate(self.blocks):
-            x = blk(x, rope, drop_path if self.training else 0.0)
+            x = run_block(blk, self.grad_checkpointing, x, rope, drop_path if self.training else 0.0)
             if keep is not None and i in keep:
                 kept[i] = x
         return x, kept

@@ -209,6 +209,12 @@ class VTPModel(nn.Module):
             return self.get_last_layer_feature(image, use_bottleneck=True)
         raise OpenVTPError(f"unknown forward_type '{forward_type}' (clip, rec, feature)")
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass: vision trunk, pixel decoder, text tower."""
+        for tower in (self.trunk, self.pixel_decoder, getattr(self, "text_transformer", None)):
+            if tower is not None:
+                tower.set_grad_checkpointing(enable)
+
     # ------------------------------------------------------------------ pixel-space API
     def normalize(self, images01: torch.Tensor) -> torch.Tensor:
         return (images01 - self.pixel_mean.to(images01.dtype)) / self.pixel_std.to(images01.dtype)

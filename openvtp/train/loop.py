@@ -153,7 +153,7 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
     torch.manual_seed(cfg.train.seed)
     model = VTPModel(cfg.model)
     task = PretrainTask(cfg, model).to(info.device)
-    wrapped = parallel.wrap(task, cfg.train.parallel, info.device)
+    wrapped = parallel.prepare(task, cfg.train, info.device)
     sharded = parallel.is_sharded(wrapped)
     opt = adamw(pretrain_param_groups(task, cfg.optim), cfg.optim)
     start = 0

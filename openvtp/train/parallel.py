@@ -8,6 +8,8 @@ either strategy), and the exported tokenizer is a plain `VTPModel`.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from openvtp.config.schema import TrainConfig
 from openvtp.errors import OpenVTPError
 from openvtp.models import VTPModel
 from openvtp.models.config import VTPConfig
@@ -65,6 +68,38 @@ def wrap(task: PretrainTask, strategy: str, device: torch.device, force: bool = 
     for block in transformer_blocks(task):
         fully_shard(block, mesh=mesh)
     return fully_shard(task, mesh=mesh)
+
+
+def prepare(task: PretrainTask, train: TrainConfig, device: torch.device) -> nn.Module:
+    """`wrap` plus the step's memory and speed options: the module the loop calls.
+
+    `train.activation_checkpointing` recomputes every student block (trunk, text tower, pixel
+    decoder) in the backward pass; each block is checkpointed around its own call, so under FSDP
+    the recompute finds the parameters the pre-backward hook gathered. `train.compile` compiles
+    each transformer block (regional compilation, PyTorch's advice for FSDP2, used under every
+    strategy): identical blocks share one graph per input shape, and module names and state dicts
+    stay as they are. The task as a whole is not compiled: its loss code specialises on the step
+    (one recompile a step) and RoPE's table cache breaks the graph.
+    """
+    if train.activation_checkpointing:
+        task.model.set_grad_checkpointing(True)
+    wrapped = wrap(task, train.parallel, device)
+    if train.compile:
+        if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "clang++") if c):
+            raise OpenVTPError("train.compile on CPU needs a C++ compiler (g++ or clang++ on PATH, or $CXX)")
+        teacher = set(task.ssl.teacher["trunk"].blocks) if task.ssl is not None else set()
+        for block in transformer_blocks(task):
+            compiled = torch.compile(block.forward, dynamic=False)
+            block.forward = compiled if block in teacher else _when_training(compiled, block.forward)
+    return wrapped
+
+
+def _when_training(compiled, eager):
+    """A student block runs compiled where it trains (autograd on); grids and evaluation, on other
+    shapes and without autograd, stay eager instead of compiling graphs they would use a few times."""
+    def forward(*args):
+        return compiled(*args) if torch.is_grad_enabled() else eager(*args)
+    return forward
 
 
 def _scalars_to_vectors(task: nn.Module) -> frozenset[str]:
