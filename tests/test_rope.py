@@ -1,7 +1,7 @@
-"""RoPE with fewer passes computes the released op sequence's bits, forward and backward.
+"""The fused q/k RoPE of eager attention computes the released op sequence's bits, forward and backward.
 
-The reference below is the released formulation, op by op (bf16 cast, rotate_half by chunk, neg and
-cat, two products and a sum in bf16, the class token concatenated back, cast to float). Equality is
+The reference is `apply_rope`, the released formulation op by op (bf16 cast, rotate_half by chunk, neg
+and cat, two products and a sum in bf16, the class token concatenated back, cast to float). Equality is
 checked on the bit patterns, so even the signs of zeros must match.
 """
 import pytest
@@ -11,22 +11,10 @@ import torch.nn.functional as F
 from openvtp.models.layers import Attention, RopeEmbedding, apply_rope, apply_rope_qkv
 
 
-def released_rope(x, sin, cos):
-    dtype = x.dtype
-    x = x.to(sin.dtype)
-    prefix = x.shape[-2] - sin.shape[-2]
-    rot = x[..., prefix:, :]
-    x1, x2 = rot.chunk(2, dim=-1)
-    rot = rot * cos + torch.cat((-x2, x1), dim=-1) * sin
-    if prefix:
-        rot = torch.cat((x[..., :prefix, :], rot), dim=-2)
-    return rot.to(dtype)
-
-
 def released_attention(attn, x, sin, cos):
     B, N, C = x.shape
     q, k, v = attn.qkv(x).view(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = released_rope(q, sin, cos), released_rope(k, sin, cos)
+    q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
     return attn.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
 
 
@@ -35,20 +23,21 @@ def bits(t):
 
 
 @pytest.mark.parametrize("prefix", [0, 1])
-def test_apply_rope_matches_the_released_ops_bit_for_bit(prefix):
+def test_fused_qkv_rope_matches_the_released_ops_bit_for_bit_even_signed_zeros(prefix):
     sin, cos = RopeEmbedding(16)(3, 5)
-    x = torch.randn(2, 3, prefix + 15, 16) * 3
-    x[0, 0, 0, :4] = 0.0
-    x[0, 0, 0, 4:8] = -0.0  # signed zeros must survive as the released ops leave them
-    x.requires_grad_(True)
-    ref = released_rope(x, sin, cos)
+    qkv = torch.randn(2, prefix + 15, 3 * 3 * 16) * 3
+    qkv[0, 0, :4] = 0.0
+    qkv[0, 0, 4:8] = -0.0  # signed zeros must survive as the released ops leave them
+    qkv.requires_grad_(True)
+    q, k, v = qkv.view(2, prefix + 15, 3, 3, 16).permute(2, 0, 3, 1, 4)
+    ref = torch.stack([apply_rope(q, sin, cos), apply_rope(k, sin, cos), v])
     g = torch.randn_like(ref)
-    g[1, 1, :, :3] = -0.0
-    (gx_ref,) = torch.autograd.grad(ref, x, g)
-    out = apply_rope(x, sin, cos)
-    (gx,) = torch.autograd.grad(out, x, g)
+    g[0, 1, 1, :, :3] = -0.0
+    (g_ref,) = torch.autograd.grad(ref, qkv, g)
+    out = torch.stack(apply_rope_qkv(qkv, sin, cos, num_heads=3))
+    (g_out,) = torch.autograd.grad(out, qkv, g)
     assert torch.equal(bits(out), bits(ref))
-    assert torch.equal(bits(gx), bits(gx_ref))
+    assert torch.equal(bits(g_out), bits(g_ref))
 
 
 @pytest.mark.parametrize("prefix", [0, 1])

@@ -23,7 +23,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x)  # (B, N, 3C)
-        if rope is not None and self.q_norm is None:
+        if rope is not None and self.q_norm is None and not torch.compiler.is_compiling():
             q, k, v = apply_rope_qkv(qkv, *rope, self.num_heads)  # 3 x (B, H, N, Dh)
         else:
             q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

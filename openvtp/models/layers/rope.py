@@ -5,12 +5,12 @@ checkpoint, the sin/cos tables are computed in bf16 with rounding after every op
 (class token included) are rotated in bf16. Reproducing the reference outputs to 1e-5 needs
 every one of these roundings (conformance README, quirk 1), so they are done here on purpose.
 
-The released code rotates with `x * cos + cat(-x2, x1) * sin` and a `cat` that puts the class
-token back, each op a pass over q or k and each a node for autograd. `apply_rope_qkv` and `apply_rope`
-compute the same bf16 roundings (forward and backward, bit for bit: tests/test_rope.py) with
-fewer passes: the sign of rotate_half is folded into a half of the sin table (negation is exact
-in bf16), q and k are rotated together, the class token is copied, not concatenated, and one
-autograd node replaces about ten.
+`apply_rope` is the released code's rotation, `x * cos + cat(-x2, x1) * sin` and a `cat` that puts the
+class token back, each op a pass over q or k and each a node for autograd. `apply_rope_qkv`, the eager
+attention's path, computes the same bf16 roundings (forward and backward, bit for bit: tests/test_rope.py)
+with fewer passes: the sign of rotate_half is folded into a half of the sin table (negation is exact in
+bf16), q and k are rotated together, the class token is copied, not concatenated, and one autograd node
+replaces about ten.
 """
 from __future__ import annotations
 
@@ -131,24 +131,23 @@ class _RopeQKV(torch.autograd.Function):
         return grad.flatten(2), None, None, None
 
 
-class _Rope(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor):
-        ctx.save_for_backward(sin, cos)
-        ctx.dtype = x.dtype
-        return _rotate(x.to(ROPE_DTYPE), sin, cos).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        sin, cos = ctx.saved_tensors
-        return _rotate_backward(g.to(ROPE_DTYPE), sin, cos).to(ctx.dtype), None, None
-
-
 def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotate the last sin.shape[0] tokens of x (..., N, Dh) in bf16; leading (class) tokens pass through bf16 too."""
-    return _Rope.apply(x, sin, cos)
+    """Rotate the last sin.shape[0] tokens of x (..., N, Dh) in bf16; leading (class) tokens pass through bf16 too.
+
+    The released op sequence, op for op: what `torch.compile` sees (and fuses) and what q/k-norm models run.
+    """
+    dtype = x.dtype
+    x = x.to(sin.dtype)
+    prefix = x.shape[-2] - sin.shape[-2]
+    rot = x[..., prefix:, :]
+    x1, x2 = rot.chunk(2, dim=-1)
+    rot = rot * cos + torch.cat((-x2, x1), dim=-1) * sin
+    if prefix:
+        rot = torch.cat((x[..., :prefix, :], rot), dim=-2)
+    return rot.to(dtype)
 
 
 def apply_rope_qkv(qkv: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, num_heads: int):
-    """Split a fused qkv projection (B, N, 3C) into q, k, v (B, H, N, Dh), q and k rotated as `apply_rope` does."""
+    """Split a fused qkv projection (B, N, 3C) into q, k, v (B, H, N, Dh), q and k rotated as `apply_rope` does,
+    bit for bit, in fewer passes (eager only: its in-place writes into views break a compiled graph)."""
     return _RopeQKV.apply(qkv, sin, cos, num_heads)
