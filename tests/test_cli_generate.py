@@ -140,15 +140,6 @@ def test_extract_from_class_folders_and_shards(work, capsys):
     assert json.loads((work / "lat_tar" / "captions_00000.json").read_text()) == ["picture 0", "picture 1", "picture 2"]
 
 
-@pytest.fixture
-def one_thread():
-    """Bit-for-bit comparisons need this process to reduce in the same order as the 1-thread child."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_sigkilled_training_resumes_with_the_same_losses(work, one_thread):
     from openvtp.generation.train import train_dit
 

@@ -79,15 +79,6 @@ def test_activation_checkpointing_gives_the_same_per_step_losses(tmp_path, monke
     _assert_losses_close(plain, ac, 1e-6)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread, as `pretrain` sets it (the preset's train.threads): compiled graphs guard on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_compile_gives_the_same_losses_and_gradients(tmp_path, monkeypatch, one_thread):
     torch._dynamo.reset()
