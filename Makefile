@@ -27,6 +27,9 @@ benchmark: $(STAMP)
 # one GPU: speed, MFU, memory and bf16-vs-fp32 checks (benchmarks/gpu_check.py); without CUDA its reduced CPU mode
 gpu-check: $(STAMP)
 	$(VENV)/bin/torchrun --standalone --nproc_per_node 1 benchmarks/gpu_check.py --out runs/gpu_check.json
+	@if $(VENV)/bin/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(VENV)/bin/python benchmarks/host_syncs.py --config demo; \
+	else echo "benchmarks/host_syncs.py: not run (no CUDA)"; fi
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
