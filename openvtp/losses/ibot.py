@@ -7,6 +7,12 @@ import torch.nn.functional as F
 from openvtp.losses.dino import sinkhorn_knopp, update_center_
 
 
+def mask_index(masks: torch.Tensor) -> torch.Tensor:
+    """(N, P) bool patch masks -> (M,) flat positions of the masked patches, image-major: the rows
+    x.flatten(0, 1)[masks.flatten()] selects. Its length M is data: on a GPU, making it waits for the device."""
+    return masks.reshape(-1).nonzero().squeeze(1)
+
+
 class IBOTPatchLoss(nn.Module):
     """Weighted cross-entropy over the M masked patches of a batch, each image counting equally.
 
@@ -24,12 +30,12 @@ class IBOTPatchLoss(nn.Module):
     @staticmethod
     def mask_weights(masks: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """(N, P) bool patch masks -> (M,) weights 1 / (masked patches in that image), in the
-        row order of x.flatten(0, 1)[masks.flatten()] (image-major). `index`: masks.flatten().nonzero()
-        made on the host (a GPU would otherwise wait for M)."""
+        row order of x.flatten(0, 1)[masks.flatten()] (image-major). `index`: `mask_index(masks)`,
+        best made on the host (a GPU would otherwise wait for M)."""
         masks = masks.flatten(1)
         per_image = masks.sum(dim=1, keepdim=True).clamp(min=1)  # (N, 1)
         weights = (1.0 / per_image).expand(masks.shape).reshape(-1)  # (N * P,)
-        return weights[masks.reshape(-1)] if index is None else weights.index_select(0, index)
+        return weights.index_select(0, mask_index(masks) if index is None else index)
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(

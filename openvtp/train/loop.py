@@ -18,6 +18,7 @@ from torch import nn
 from openvtp.config.load import config_to_dict, save_config
 from openvtp.config.schema import PretrainConfig, validate
 from openvtp.errors import OpenVTPError
+from openvtp.losses.ibot import mask_index
 from openvtp.models import VTPModel
 
 from . import dist, parallel
@@ -38,7 +39,7 @@ def split_batch(batch: dict, n: int) -> list[dict]:
     parts = [batch] if n == 1 else _split(batch, n)
     for part in parts:
         if "ssl_masks" in part:
-            part["ssl_mask_index"] = part["ssl_masks"].reshape(-1).nonzero().squeeze(1)
+            part["ssl_mask_index"] = mask_index(part["ssl_masks"])
     return parts
 
 

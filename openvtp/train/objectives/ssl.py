@@ -14,6 +14,7 @@ from torch.distributed.tensor import DTensor
 
 from openvtp.config.schema import SSLConfig
 from openvtp.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
+from openvtp.losses.ibot import mask_index
 from openvtp.models import VTPModel
 from openvtp.models.heads import DinoHead
 from openvtp.train import dist
@@ -103,7 +104,7 @@ class SSLObjective(nn.Module):
         globals_ = g.flatten(0, 1)
         masks = batch["ssl_masks"]  # (G*B, N) bool, crop-major like globals_
         index = batch.get("ssl_mask_index")  # the loop makes it on the host; a GPU would wait for it here
-        index = masks.reshape(-1).nonzero().squeeze(1) if index is None else index
+        index = mask_index(masks) if index is None else index
         cls_p, patch_p = self._teacher_targets(globals_, index, step)
 
         s_tokens = model.trunk(globals_, masks=masks, drop_path=self.cfg.drop_path)  # (G*B, 1+N, D)
