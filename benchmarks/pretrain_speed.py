@@ -7,7 +7,7 @@ first variant is the baseline of the ratios.
 
     python benchmarks/pretrain_speed.py --config demo --steps 110 --warmup 10 \\
         --variant "1 thread: train.threads=1" --variant "2 threads: train.threads=2"
-    python benchmarks/pretrain_speed.py --config vtp-s --steps 4 --warmup 1 --repeat 1 --set train.log_every=1 \\
+    python benchmarks/pretrain_speed.py --config vtp-s --steps 3 --warmup 1 --repeat 1 --set train.log_every=1 \\
         data.source=embedded data.workers=1 train.batch=8 ssl.batch=4 recon.batch=4 ssl.n_local=2 \\
         ssl.prototypes=8192 recon.lpips_backbone=random --variant "vtp-s 256px: train.threads=2"
 """
