@@ -11,7 +11,8 @@ from openvtp.config.load import load_config
 from openvtp.config.schema import FinetuneDecoderConfig
 from openvtp.errors import OpenVTPError
 from openvtp.models import VTPConfig, VTPModel
-from openvtp.train.decoder_finetune import finetune_decoder
+from openvtp.train.checkpoint import load_checkpoint
+from openvtp.train.decoder_finetune import DecoderGAN, finetune_decoder
 
 SMALL = dict(image_size=32, vision_patch_size=8, vision_embed_dim=32, vision_depth=2, vision_num_heads=2,
              vision_feature_bottleneck=8, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
@@ -62,6 +63,54 @@ def test_resume_continues_with_the_same_losses(stage1, tmp_path):
     for step in (3, 4):
         for key in ("loss", "d_loss", "rec_l1"):
             assert abs(a[step][key] - b[step][key]) < 1e-5, (step, key, a[step][key], b[step][key])
+
+
+def _poison(monkeypatch, method: str, key: str, bad_steps: set[int]):
+    """DecoderGAN.`method`'s `key` term is NaN at the given (0-based) steps."""
+    original = getattr(DecoderGAN, method)
+    steps = iter(range(10**6))  # the discriminator is called once per step, after the generator
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        terms = out[0] if isinstance(out, tuple) else out
+        step = args[1] if method == "generator_terms" else next(steps)
+        if step in bad_steps:
+            terms[key] = terms[key] * float("nan")
+        return out
+
+    monkeypatch.setattr(DecoderGAN, method, poisoned)
+
+
+def _states(run, steps: int) -> dict:
+    return {s: load_checkpoint(run / "checkpoints" / f"step_{s:07d}") for s in range(1, steps + 1)}
+
+
+@pytest.mark.parametrize("part,method,key", [("decoder", "generator_terms", "loss"),
+                                             ("discriminator", "discriminator_terms", "d_loss")])
+def test_a_nonfinite_update_is_skipped_and_the_run_goes_on(stage1, tmp_path, monkeypatch, capsys, part, method, key):
+    """Step 2 (0-based) of the decoder or of the discriminator is not finite: that part and its optimiser stay as
+    they were (decided on the device, read on the host at the log step), the other part trains on."""
+    _poison(monkeypatch, method, key, {2})
+    finetune_decoder(_config(stage1, tmp_path, "train.steps=4", "gan.start_step=0", "train.ckpt_every=1",
+                             "train.keep_last=0", "train.log_every=4"))
+    states = _states(tmp_path, 4)
+    other = "discriminator" if part == "decoder" else "decoder"
+    for key_ in states[2][part]:
+        assert torch.equal(states[2][part][key_], states[3][part][key_]), key_
+    opt = "opt_g" if part == "decoder" else "opt_d"
+    assert all(torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["step"], b["step"])
+               for a, b in zip(states[2][opt]["state"].values(), states[3][opt]["state"].values()))
+    assert any(not torch.equal(v, states[3][other][k]) for k, v in states[2][other].items())
+    assert any(not torch.equal(v, states[4][part][k]) for k, v in states[3][part].items())  # and it goes on
+    assert "1 of the last 4 steps skipped" in "".join(capsys.readouterr())
+    assert sorted(_metrics(tmp_path)) == [4]
+
+
+def test_consecutive_nonfinite_steps_stop_stage_2_at_the_last_good_state(stage1, tmp_path, monkeypatch):
+    _poison(monkeypatch, "generator_terms", "loss", {1, 2, 3, 4, 5})
+    with pytest.raises(OpenVTPError, match=r"2 consecutive non-finite steps up to step 3.*as step 1"):
+        finetune_decoder(_config(stage1, tmp_path, "train.steps=8", "train.max_bad_steps=2", "train.log_every=3"))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000001"]
 
 
 def test_bad_inputs_are_one_line_errors(stage1, tmp_path):

@@ -31,6 +31,7 @@ from .loop import precision_context
 from .optim import adamw, param_groups
 from .run_folder import RunFolder
 from .schedules import warmup_cosine
+from .step_counters import StepCounters, check_skipped_steps
 
 log = logging.getLogger("openvtp.train")
 
@@ -107,6 +108,46 @@ class DecoderGAN(nn.Module):
                 "logits_fake": fake.detach().mean()}
 
 
+def finetune_step(cfg: FinetuneDecoderConfig, task: DecoderGAN, decoder: nn.Module, disc: nn.Module,
+                  opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, images: torch.Tensor, step: int,
+                  device: torch.device, log: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One step of stage 2: the decoder, then (once the GAN is on) the discriminator. `decoder` and `disc` are
+    the modules or their DDP wrappers.
+
+    Nothing here reads a device value on the host: an update whose loss (on any rank) or gradient is not finite is
+    skipped on every rank by the fused optimisers' `found_inf`. Returns `skip` (1.0 where the decoder's or the
+    discriminator's update was skipped) and, with `log`, the terms and the decoder's grad norm.
+    """
+    with precision_context(device, cfg.train.precision):
+        g_terms, recon = task.generator_terms(images, step, decoder)
+    bad = (~torch.isfinite(g_terms["loss"].detach())).float()
+    g_terms["loss"].backward()
+    params = list(task.model.pixel_decoder.parameters())
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, cfg.optim.grad_clip, grad_norm)
+    skip = ((dist.all_reduce_sum(bad) > 0) | ~torch.isfinite(grad_norm)).float()
+    opt_g.found_inf = skip
+    opt_g.step()
+    opt_g.zero_grad(set_to_none=True)
+    terms = {k: v.detach().float() for k, v in g_terms.items()} if log else {}
+    if cfg.gan.weight > 0 and step >= cfg.gan.start_step:
+        with precision_context(device, cfg.train.precision):
+            d_terms = task.discriminator_terms(images, recon, disc)
+        bad_d = (~torch.isfinite(d_terms["d_loss"].detach())).float()
+        d_terms["d_loss"].backward()
+        skip_d = (dist.all_reduce_sum(bad_d) > 0).float()
+        opt_d.found_inf = skip_d
+        opt_d.step()
+        opt_d.zero_grad(set_to_none=True)
+        skip = torch.maximum(skip, skip_d)
+        if log:
+            terms.update({k: v.detach().float() for k, v in d_terms.items()})
+    if log:
+        terms["grad_norm"] = grad_norm
+    return skip, terms
+
+
 def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
     """Run stage 2; returns the summary (also written to out_dir/summary.json). The run folder, interrupts and
     early failures behave as in pre-training (`RunFolder`)."""
@@ -131,7 +172,8 @@ def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunF
     task = DecoderGAN(cfg, model).to(info.device)
     opt_g = adamw(param_groups(model.pixel_decoder, cfg.optim.weight_decay), cfg.optim)
     disc_lr = cfg.gan.disc_lr or cfg.optim.lr
-    opt_d = torch.optim.Adam(task.disc.parameters(), lr=disc_lr, betas=tuple(cfg.gan.disc_betas))
+    # fused: its `found_inf` skips a non-finite update without a host read
+    opt_d = torch.optim.Adam(task.disc.parameters(), lr=disc_lr, betas=tuple(cfg.gan.disc_betas), fused=True)
     start = 0
     resume_from = resolve_resume(out, cfg.train.resume)
     if resume_from is not None:
@@ -168,39 +210,36 @@ def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunF
 
     t_start, step, stopped = time.time(), start, None
     task.train()
+    # Counters kept on the device between log steps: the host reads them, with the logged terms, in one sync.
+    counters = StepCounters(info.device)
+    t_log, done_log = time.time(), start
     for batch in loader:
         step = int(batch["step"])
-        t0 = time.time()
+        log_due = logger.log_due(step + 1)
         lr = warmup_cosine(step, cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
         for group in opt_g.param_groups:
             group["lr"] = lr
         images = batch["rec_images"].to(info.device, non_blocking=True)
-        with precision_context(info.device, cfg.train.precision):
-            g_terms, recon = task.generator_terms(images, step, decoder)
-        if not torch.isfinite(g_terms["loss"]):
-            raise OpenVTPError(f"non-finite decoder loss at step {step}; last checkpoint in {out / 'checkpoints'}")
-        g_terms["loss"].backward()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.pixel_decoder.parameters(), cfg.optim.grad_clip)
-                     if cfg.optim.grad_clip > 0 else torch.tensor(0.0))
-        opt_g.step()
-        opt_g.zero_grad(set_to_none=True)
-        scalars = {k: v.float() for k, v in g_terms.items()}
-        if cfg.gan.weight > 0 and step >= cfg.gan.start_step:
-            with precision_context(info.device, cfg.train.precision):
-                d_terms = task.discriminator_terms(images, recon, disc)
-            d_terms["d_loss"].backward()
-            opt_d.step()
-            opt_d.zero_grad(set_to_none=True)
-            scalars.update({k: v.float() for k, v in d_terms.items()})
-        scalars = {k: dist.all_reduce_mean(v.detach()).item() for k, v in scalars.items()}
-        scalars.update(lr=lr, grad_norm=float(grad_norm), images_per_s=cfg.train.batch / max(time.time() - t0, 1e-9),
-                       skipped_samples=float(dist.all_reduce_sum(batch["skipped"].float()).item()))
+        skip, terms = finetune_step(cfg, task, decoder, disc, opt_g, opt_d, images, step, info.device, log=log_due)
+        counters.add(skip, batch["skipped"].to(info.device))
         done = step + 1
+        # ranks agree on stopping (a collective read on the host) at log steps; one process checks every step
+        agree = log_due or not dist.is_dist()
+        scalars = None
+        if log_due:
+            values, (skipped_samples, skipped_steps, streak) = counters.read(terms)
+            now, interval = time.time(), done - done_log
+            scalars = dict(values, lr=lr, skipped_samples=skipped_samples,
+                           images_per_s=cfg.train.batch * interval / max(now - t_log, 1e-9))
+            t_log, done_log = now, done
+            check_skipped_steps(skipped_steps, streak, done, interval, cfg.train.max_bad_steps, logger.warn,
+                                checkpoint, out)
         logger.step(done, scalars, model, batch)
-        # ranks agree, or one would stop while the others wait in the next collective
-        out_of_time = cfg.train.time_limit_s > 0 and dist.any_rank(time.time() - t_start > cfg.train.time_limit_s,
-                                                                   info.device)
-        stop = run.step_done()
+        out_of_time = (cfg.train.time_limit_s > 0 and agree
+                       and dist.any_rank(time.time() - t_start > cfg.train.time_limit_s, info.device))
+        stop = run.step_done(agree=agree)
+        if not agree:
+            stop = 0  # under torchrun a signal waits for the ranks to agree at the next log step
         if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or out_of_time or stop:
             checkpoint(done)
         if stop:

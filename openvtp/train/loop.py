@@ -17,7 +17,6 @@ from torch import nn
 
 from openvtp.config.load import config_to_dict, save_config
 from openvtp.config.schema import PretrainConfig, validate
-from openvtp.errors import OpenVTPError
 from openvtp.losses.ibot import mask_index
 from openvtp.models import VTPModel
 
@@ -28,7 +27,7 @@ from .logger import RunLogger, time_limit_message
 from .optim import adamw, clip_gradients, pretrain_param_groups, set_schedule, total_norm
 from .run_folder import RunFolder
 from .schedules import cosine, warmup_cosine
-from .step_counters import StepCounters
+from .step_counters import StepCounters, check_skipped_steps
 from .task import PretrainTask
 
 log = logging.getLogger("openvtp.train")
@@ -207,13 +206,8 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
             t_log, done_log = now, done
             if task.ssl is not None:
                 scalars["teacher_momentum"] = result.momentum
-            if skipped_steps:
-                logger.warn(f"step {done}: {skipped_steps} of the last {interval} steps skipped (non-finite loss or "
-                            f"gradient), the last {streak} in a row")
-            if streak >= cfg.train.max_bad_steps:
-                checkpoint(done - streak)  # skipped steps leave the weights as they were after step done - streak
-                raise OpenVTPError(f"{streak} consecutive non-finite steps up to step {done}; last good state saved "
-                                   f"in {out / 'checkpoints'} as step {done - streak} (lower optim.lr?)")
+            check_skipped_steps(skipped_steps, streak, done, interval, cfg.train.max_bad_steps, logger.warn,
+                                checkpoint, out)
         eval_due = bool(cfg.eval.every) and done % cfg.eval.every == 0
         shown = rank0_model() if logger.grid_due(done, micro[0]) or eval_due else model
         logger.step(done, scalars, shown, micro[0])

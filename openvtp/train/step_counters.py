@@ -1,11 +1,16 @@
-"""What the pre-training loop counts between log steps, kept on the device.
+"""What the training loops count between log steps, kept on the device.
 
 Steps that do not log never wait for the host: skipped steps and samples are summed on the device and
 read, with the logged terms, in one collective and one host sync per `train.log_every` steps.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 import torch
+
+from openvtp.errors import OpenVTPError
 
 from . import dist
 
@@ -37,3 +42,16 @@ class StepCounters:
         self.skipped_samples.zero_()
         self.skipped_steps.zero_()
         return dict(zip(terms, host[:n])), (host[n], int(host[n + 1]), int(host[n + 2]))
+
+
+def check_skipped_steps(skipped_steps: int, streak: int, done: int, interval: int, max_bad_steps: int,
+                        warn: Callable[[str], None], checkpoint: Callable[[int], None], out: Path) -> None:
+    """At a log step: warn of the interval's skipped steps; after `max_bad_steps` in a row, save the last good state
+    (skipped steps leave the weights as they were after step `done - streak`) and stop the run."""
+    if skipped_steps:
+        warn(f"step {done}: {skipped_steps} of the last {interval} steps skipped (non-finite loss or gradient), "
+             f"the last {streak} in a row")
+    if streak >= max_bad_steps:
+        checkpoint(done - streak)
+        raise OpenVTPError(f"{streak} consecutive non-finite steps up to step {done}; last good state saved in "
+                           f"{out / 'checkpoints'} as step {done - streak} (lower optim.lr?)")
