@@ -42,11 +42,13 @@ class HostReads(TorchDispatchMode):
 def host_reads(module, run, monkeypatch) -> int:
     """Waiting calls made by `run()`, which runs the loop in `module` (its `build_loader` is watched)."""
     storages: set[int] = set()
+    kept = []  # the loader's batches stay alive, so no later tensor takes one of their addresses
     build = module.build_loader
 
     def watched_loader(*args, **kwargs):
         for batch in build(*args, **kwargs):
             storages.update(v.untyped_storage().data_ptr() for v in batch.values())
+            kept.append(batch)
             yield batch
 
     mode = HostReads(storages)
