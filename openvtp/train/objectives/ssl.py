@@ -145,9 +145,7 @@ class SSLObjective(nn.Module):
         """
         student = [p for m in [model.trunk, *self.heads()] for p in m.parameters()]
         teacher = [p for m in self.teacher.values() for p in m.parameters()]  # trunk, head, ibot_head: the same order
-        if keep is None:
-            torch._foreach_lerp_(_local(teacher), _local([p.detach() for p in student]), 1.0 - momentum)
-            return
-        weight = (1.0 - momentum) * keep  # a tensor weight: foreach_lerp's Scalar overload would read it on the host
+        # per tensor: foreach_lerp takes a number, and would read a tensor weight on the host at every step
+        weight = 1.0 - momentum if keep is None else (1.0 - momentum) * keep
         for t, s in zip(_local(teacher), _local([p.detach() for p in student])):
             t.lerp_(s, weight)
