@@ -26,12 +26,12 @@ from openvtp.models import VTPModel
 from . import dist
 from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
 from .data import build_loader
-from .logger import RunLogger, time_limit_message
+from .logger import RunLogger
 from .loop import precision_context
 from .optim import adamw, param_groups
 from .run_folder import RunFolder
 from .schedules import warmup_cosine
-from .step_counters import StepCounters, check_skipped_steps
+from .step_counters import StepCounters, check_skipped_steps, end_step
 
 log = logging.getLogger("openvtp.train")
 
@@ -211,8 +211,7 @@ def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunF
     t_start, step, stopped = time.time(), start, None
     task.train()
     # Counters kept on the device between log steps: the host reads them, with the logged terms, in one sync.
-    counters = StepCounters(info.device)
-    t_log, done_log = time.time(), start
+    counters = StepCounters(info.device, start, cfg.train.batch)
     for batch in loader:
         step = int(batch["step"])
         log_due = logger.log_due(step + 1)
@@ -223,29 +222,14 @@ def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunF
         skip, terms = finetune_step(cfg, task, decoder, disc, opt_g, opt_d, images, step, info.device, log=log_due)
         counters.add(skip, batch["skipped"].to(info.device))
         done = step + 1
-        # ranks agree on stopping (a collective read on the host) at log steps; one process checks every step
-        agree = log_due or not dist.is_dist()
         scalars = None
         if log_due:
-            values, (skipped_samples, skipped_steps, streak) = counters.read(terms)
-            now, interval = time.time(), done - done_log
-            scalars = dict(values, lr=lr, skipped_samples=skipped_samples,
-                           images_per_s=cfg.train.batch * interval / max(now - t_log, 1e-9))
-            t_log, done_log = now, done
-            check_skipped_steps(skipped_steps, streak, done, interval, cfg.train.max_bad_steps, logger.warn,
-                                checkpoint, out)
+            interval = counters.read(terms, done)
+            scalars = dict(interval.scalars, lr=lr)
+            check_skipped_steps(interval, done, cfg.train.max_bad_steps, logger.warn, checkpoint, out)
         logger.step(done, scalars, model, batch)
-        out_of_time = (cfg.train.time_limit_s > 0 and agree
-                       and dist.any_rank(time.time() - t_start > cfg.train.time_limit_s, info.device))
-        stop = run.step_done(agree=agree)
-        if not agree:
-            stop = 0  # under torchrun a signal waits for the ranks to agree at the next log step
-        if done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or out_of_time or stop:
-            checkpoint(done)
-        if stop:
-            raise run.interrupted(stop, done)
-        if out_of_time:
-            stopped = time_limit_message(cfg.train.time_limit_s, done, cfg.train.steps)
+        stopped = end_step(run, cfg.train, done, log_due, t_start, info.device, checkpoint)
+        if stopped:
             logger.warn(f"{stopped}: the run is incomplete, its figures are not the config's result")
             break
 

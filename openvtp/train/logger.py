@@ -61,14 +61,13 @@ class RunLogger:
         return step % self.cfg.train.log_every == 0 or step == self.cfg.train.steps
 
     def step(self, step: int, scalars: dict[str, float] | None, model, batch: dict) -> None:
-        """Advance the bar; write `scalars` at log steps. Their skipped_samples are those since the last call
-        with scalars (a loop may pass None at the steps that do not log)."""
+        """Advance the bar; write `scalars`, which the loops pass at log steps (None at the others). Their
+        skipped_samples are those since the last log step; the written ones are the run's total."""
         if not self.enabled:
             return
         self.bar.update(1)
         if scalars is not None:
             self.skipped += scalars.pop("skipped_samples", 0.0)
-        if scalars is not None and self.log_due(step):
             scalars["skipped_samples"] = self.skipped
             for k, v in scalars.items():
                 self.tb.add_scalar(f"train/{k}", v, step)

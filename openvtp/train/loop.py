@@ -23,11 +23,11 @@ from openvtp.models import VTPModel
 from . import dist, parallel
 from .checkpoint import resolve_resume, save_checkpoint
 from .data import build_loader
-from .logger import RunLogger, time_limit_message
+from .logger import RunLogger
 from .optim import adamw, clip_gradients, pretrain_param_groups, set_schedule, total_norm
 from .run_folder import RunFolder
 from .schedules import cosine, warmup_cosine
-from .step_counters import StepCounters, check_skipped_steps
+from .step_counters import StepCounters, check_skipped_steps, end_step
 from .task import PretrainTask
 
 log = logging.getLogger("openvtp.train")
@@ -166,7 +166,7 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
     logger = RunLogger(out, cfg, start, enabled=main)
     run.on_exit(logger.close)
 
-    total, step = cfg.train.steps, start
+    step = start
     stopped = None
     t_start = time.time()
     config_yaml = (out / "config.yaml").read_text() if main else ""
@@ -184,8 +184,7 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         return parallel.full_model(task, cfg.model, info.device) if sharded else model
 
     # Counters kept on the device between log steps: the host reads them, with the logged terms, in one sync.
-    counters = StepCounters(info.device)
-    t_log, done_log = time.time(), start
+    counters = StepCounters(info.device, start, cfg.train.batch)
     for batch in loader:
         step = int(batch["step"])
         log_due = logger.log_due(step + 1)
@@ -195,36 +194,21 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         counters.add(result.skip, batch["skipped"].to(info.device))
 
         done = step + 1
-        # ranks agree on stopping (a collective read on the host) at log steps; one process checks every step
-        agree = log_due or not dist.is_dist()
         scalars = None
         if log_due:
-            values, (skipped_samples, skipped_steps, streak) = counters.read(result.terms)
-            now, interval = time.time(), done - done_log
-            scalars = dict(values, lr=result.lr, weight_decay=result.weight_decay, skipped_samples=skipped_samples,
-                           images_per_s=cfg.train.batch * interval / max(now - t_log, 1e-9))
-            t_log, done_log = now, done
+            interval = counters.read(result.terms, done)
+            scalars = dict(interval.scalars, lr=result.lr, weight_decay=result.weight_decay)
             if task.ssl is not None:
                 scalars["teacher_momentum"] = result.momentum
-            check_skipped_steps(skipped_steps, streak, done, interval, cfg.train.max_bad_steps, logger.warn,
-                                checkpoint, out)
+            check_skipped_steps(interval, done, cfg.train.max_bad_steps, logger.warn, checkpoint, out)
         eval_due = bool(cfg.eval.every) and done % cfg.eval.every == 0
         shown = rank0_model() if logger.grid_due(done, micro[0]) or eval_due else model
         logger.step(done, scalars, shown, micro[0])
         if eval_due and main:
             logger.quick_eval(done, shown, cfg)
         del shown  # under FSDP a full copy of the model: not kept through the next step
-        out_of_time = (cfg.train.time_limit_s > 0 and agree
-                       and dist.any_rank(time.time() - t_start > cfg.train.time_limit_s, info.device))
-        stop = run.step_done(agree=agree)
-        if not agree:
-            stop = 0  # under torchrun a signal waits for the ranks to agree at the next log step
-        if done % cfg.train.ckpt_every == 0 or done == total or out_of_time or stop:
-            checkpoint(done)
-        if stop:
-            raise run.interrupted(stop, done)
-        if out_of_time:
-            stopped = time_limit_message(cfg.train.time_limit_s, done, cfg.train.steps)
+        stopped = end_step(run, cfg.train, done, log_due, t_start, info.device, checkpoint)
+        if stopped:
             logger.warn(f"{stopped}: the run is incomplete, its figures are not the config's result")
             break
 

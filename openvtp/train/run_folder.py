@@ -179,12 +179,13 @@ class RunFolder:
             else:
                 entry.unlink(missing_ok=True)
 
-    def step_done(self, agree: bool = True) -> int:
+    def step_done(self, agree: bool = True, ask: bool = True) -> int:
         """Call once per step, after the step: records that work was done, and returns the signal (SIGINT or
         SIGTERM) that asks the run to stop now, or 0. agree: every rank gets the same answer (a collective, so
-        every rank must call it at the same steps); without it each rank answers for itself."""
+        every rank must call it at the same steps); without it each rank answers for itself. ask=False only
+        records the step and answers 0 (a signal waits for a step that asks)."""
         self.worked = True
-        return self.signals.requested(self.device if agree else None)
+        return self.signals.requested(self.device if agree else None) if ask else 0
 
     def interrupted(self, signum: int, step: int, saved: str = "") -> Interrupted:
         """The exception to raise once the checkpoint of `step` (or what `saved` says) is written."""
