@@ -38,8 +38,8 @@ from openvtp.config.schema import PretrainConfig, validate
 from openvtp.data.scenes import CaptionedScenes
 from openvtp.generation import seeding
 from openvtp.generation.config import GenerationConfig, validate as validate_generation
-from openvtp.generation.train import build_dit_for_data, update_ema
-from openvtp.losses.flow import FlowMatchingLoss, sample_timesteps
+from openvtp.generation.train import build_dit_for_data, dit_loss, dit_step
+from openvtp.losses.flow import FlowMatchingLoss
 from openvtp.models import VTPConfig, VTPModel
 from openvtp.models.config import PRESETS
 from openvtp.train import dist, parallel
@@ -245,27 +245,12 @@ def dit_part(check: Check) -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2),
                                 weight_decay=tc.weight_decay, fused=True)
 
-        def loss_at(s: int) -> torch.Tensor:
-            g = seeding.generator(tc.seed, seeding.NOISE, s, device)
-            t_all = sample_timesteps(B, fc.timestep_sampling, fc.lognorm_mu, fc.lognorm_sigma, g)
-            noise_all = torch.randn((B, *shape), generator=g, device=device)
-            drop_all = torch.rand(B, generator=g, device=device) < model.class_dropout_prob
-            x, y = data[s]
-            y = torch.where(drop_all[sl], torch.full_like(y, model.null_class), y)
-            with precision_context(device, precision):
-                return loss_fn(train_model, x, y, t=t_all[sl], noise=noise_all[sl])["loss"]
-
-        def step(s: int) -> torch.Tensor:
-            loss = loss_at(s)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            update_ema(ema, model, tc.ema_decay)
-            return loss
+        def step(s: int) -> torch.Tensor:  # the trainer's own step
+            return dit_step(cfg, model, train_model, ema, opt, loss_fn, *data[s], s, device, precision)[0]["loss"]
 
         if not flops:  # forward + backward of step 0 (the counter sees no optimiser); parameters stay as they are
-            flops = counted_flops(lambda: loss_at(0).backward()) * world
+            flops = counted_flops(lambda: dit_loss(cfg, model, train_model, loss_fn, *data[0], 0, device,
+                                                   precision)["loss"].backward()) * world
             model.zero_grad(set_to_none=True)
         return timed(check, step, n)
 

@@ -88,6 +88,40 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         pe.mul_(decay).add_(pm.detach().float(), alpha=1 - decay)
 
 
+def dit_loss(cfg: GenerationConfig, model: LightningDiT, train_model: torch.nn.Module, loss_fn: FlowMatchingLoss,
+             x: torch.Tensor, y: torch.Tensor, step: int, device: torch.device, precision: str
+             ) -> dict[str, torch.Tensor]:
+    """The flow-matching terms of this rank's (x, y) at `step`. Timesteps, noise and label dropout are drawn for the
+    whole global batch from (seed, step) and this rank takes its slice, so the run does not depend on the world size.
+    `train_model` is `model` or its DDP wrapper."""
+    world, rank = dist.world_size(), dist.rank()
+    B = cfg.train.batch_size
+    b = B // world
+    g = seeding.generator(cfg.train.seed, seeding.NOISE, step, device)
+    t_all = sample_timesteps(B, cfg.flow.timestep_sampling, cfg.flow.lognorm_mu, cfg.flow.lognorm_sigma, g)
+    noise_all = torch.randn((B, *x.shape[1:]), generator=g, device=device)
+    drop_all = torch.rand(B, generator=g, device=device) < model.class_dropout_prob
+    sl = slice(rank * b, (rank + 1) * b)
+    y = torch.where(drop_all[sl], torch.full_like(y, model.null_class), y)
+    with _autocast(device, precision):
+        return loss_fn(train_model, x, y, t=t_all[sl], noise=noise_all[sl])
+
+
+def dit_step(cfg: GenerationConfig, model: LightningDiT, train_model: torch.nn.Module, ema: torch.nn.Module,
+             opt: torch.optim.Optimizer, loss_fn: FlowMatchingLoss, x: torch.Tensor, y: torch.Tensor, step: int,
+             device: torch.device, precision: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimiser step: `dit_loss`, backward, clipping (or only measuring the norm), AdamW, EMA.
+    Returns the terms and the grad norm, on the device."""
+    terms = dit_loss(cfg, model, train_model, loss_fn, x, y, step, device, precision)
+    terms["loss"].backward()
+    max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")  # inf: measure only
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    update_ema(ema, model, cfg.train.ema_decay)
+    return terms, grad_norm
+
+
 def _autocast(device: torch.device, precision: str):
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -178,7 +212,7 @@ def _train_dit(cfg: GenerationConfig, info: dist.DistInfo, run: RunFolder,
 
     loss_fn = FlowMatchingLoss(cfg.flow.timestep_sampling, cfg.flow.lognorm_mu, cfg.flow.lognorm_sigma,
                                cfg.flow.cos_weight)
-    B, b = tc.batch_size, tc.batch_size // world
+    B = tc.batch_size
     sampler = StepBatches(len(data), B, tc.seed, step, tc.steps, rank, world)
     loader = DataLoader(data, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda", worker_init_fn=quiet_worker)
@@ -208,23 +242,8 @@ def _train_dit(cfg: GenerationConfig, info: dist.DistInfo, run: RunFolder,
         run.on_exit(writer.close)
     t_last, step_last = time.perf_counter(), step
     for x, y in loader:
-        # randomness of the whole global batch from (seed, step); this rank takes its slice
-        g = seeding.generator(tc.seed, seeding.NOISE, step, device)
-        t_all = sample_timesteps(B, cfg.flow.timestep_sampling, cfg.flow.lognorm_mu, cfg.flow.lognorm_sigma, g)
-        noise_all = torch.randn((B, *data.latent_shape), generator=g, device=device)
-        drop_all = torch.rand(B, generator=g, device=device) < model.class_dropout_prob
-        sl = slice(rank * b, (rank + 1) * b)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        y = torch.where(drop_all[sl], torch.full_like(y, model.null_class), y)
-        # forward and backward
-        with _autocast(device, tc.precision):
-            terms = loss_fn(train_model, x, y, t=t_all[sl], noise=noise_all[sl])
-        terms["loss"].backward()
-        max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")  # inf: measure only
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        update_ema(ema, model, tc.ema_decay)
+        terms, grad_norm = dit_step(cfg, model, train_model, ema, opt, loss_fn, x, y, step, device, tc.precision)
         step += 1
         # logging: terms averaged over ranks
         values = dist.all_reduce_mean(torch.stack([v.detach().float() for v in terms.values()])).tolist()
