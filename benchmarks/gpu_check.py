@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from peak import counted_flops, gemm_peak, seconds_per_call, sync
 
+from openvtp.cli import distributed
 from openvtp.config.load import load_config, preset_names
 from openvtp.config.schema import PretrainConfig, validate
 from openvtp.data.scenes import CaptionedScenes
@@ -290,14 +291,14 @@ HEADER = (f"{'part':<24} {'run':<12} {'img/s':>9} {'ms/step':>9} {'TFLOP/st':>9}
 
 
 def init_group() -> dist.DistInfo:
-    """torchrun's group, or a group of one (so that DDP and FSDP2 can wrap a single process)."""
-    info = dist.init("auto")
-    if not torch_dist.is_initialized():
-        backend = "nccl" if info.device.type == "cuda" else "gloo"
+    """torchrun's group (as the command line makes it), or a group of one (so that DDP and FSDP2 can wrap a
+    single process)."""
+    if not distributed.start():
+        cuda = torch.cuda.is_available()
         store = {} if "MASTER_ADDR" in os.environ else {"store": torch_dist.HashStore()}
-        device_id = {"device_id": info.device} if info.device.type == "cuda" else {}
-        torch_dist.init_process_group(backend, rank=info.rank, world_size=info.world_size, **store, **device_id)
-    return info
+        device_id = {"device_id": torch.device("cuda", 0)} if cuda else {}
+        torch_dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1, **store, **device_id)
+    return dist.info("auto")
 
 
 def main() -> None:
@@ -341,7 +342,7 @@ def main() -> None:
         bad += [f"{r['part']} {r['run']} out of tolerance" for r in check.report["rows"] if r.get("check") == "FAIL"]
         print(f"{'PASSED' if passed else 'FAILED'}{': ' + '; '.join(bad) if bad else ''} in "
               f"{check.report['elapsed_s']:.0f} s; figures in {args.out}")
-    dist.cleanup()
+    distributed.end(finished=True)
     sys.exit(0 if passed else 1)
 
 

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,8 +154,9 @@ def test_torchrun_extraction_equals_one_process(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "openvtp", *args,
+                          "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "tests.exit_probe", *args,
                           "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parents[1],
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("| task") == 1  # only rank 0 reports

@@ -131,16 +131,17 @@ def test_sigkill_and_resume_gives_the_same_losses(tmp_path):
     VTPModel.from_pretrained(run / "tokenizer")
 
 
-def _torchrun(*args):
-    """`python -m openvtp ARGS` as 2 gloo processes under torchrun."""
+def _torchrun(*args, module="tests.exit_probe"):
+    """`python -m openvtp ARGS` as 2 gloo processes under torchrun; by default through tests/exit_probe.py, which
+    also fails a rank that leaves a process group or a device mesh alive for interpreter shutdown."""
     import socket
 
     with socket.socket() as sock:  # a free port for the rendezvous (port 0 is not accepted there)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "openvtp", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "--master_addr=127.0.0.1", f"--master_port={port}", "-m", module, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1],
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 

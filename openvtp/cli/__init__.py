@@ -4,7 +4,8 @@ One module per group of sub-commands, each with a `register(subparsers)`; comman
 they run, so `--help` and argument mistakes answer without importing torch. One error path: a user mistake
 (OpenVTPError) or a file-system refusal (permission, read-only, full disk: OSError) is printed as one line with a
 non-zero exit, and output folders the command created are removed again; a run stopped by SIGINT / SIGTERM prints
-the command that resumes it and exits 130 / 143. `-v` shows third-party INFO logs and the traceback.
+the command that resumes it and exits 130 / 143. Under torchrun the process group is this package's
+(`distributed.process_group`), so library functions run inside any launcher. `-v` shows third-party INFO logs and the traceback.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from openvtp.files import os_error_message
 
 from . import evaluate, generate, model, train
 from .common import Parser, forget_created
+from .distributed import process_group
 
 GROUPS = (model, train, evaluate, generate)
 VERBOSE_HELP = "also show third-party INFO logs, and the traceback of an error"
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(verbose)
     failed = True
     try:
-        args.func(args)
+        with process_group():  # under torchrun: created here, torn down on every way out
+            args.func(args)
         failed = False
     except Interrupted as e:
         failed = False

@@ -203,8 +203,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (an unfinished one is resumed)")
     p.add_argument("--size", type=positive_int, default=None,
                    help="ADM centre crop side (default: the model's image_size)")
-    p.add_argument("--num", type=non_negative_int, default=0,
-                   help="first N images only, 0: all (embedded: how many scenes; 0 means 50k)")
+    p.add_argument("--num-images", "--num", dest="num", type=non_negative_int, default=0,
+                   help="first N images only, 0: all (embedded: how many scenes; 0 means 50k); under torchrun "
+                        "write --num-images: torchrun takes --num for its own --numa-binding")
     p.add_argument("--labels", default="shape", choices=("shape", "shape_colour"),
                    help="embedded data: what the class label is")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")

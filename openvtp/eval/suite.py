@@ -551,20 +551,17 @@ def evaluate(models: list[str], data: str, opts: EvalOptions, out: str | Path, n
                                f"of {spec}")
     suite = Suite(data, opts, out)
     suite.check_tasks(configs, names)
-    info = dist.init(check_device(opts.device))
+    info = dist.info(check_device(opts.device))
     results, model_info = {}, []
-    try:
-        for spec, name in zip(models, names):
-            lm = load_model(spec, name, info.device, opts.size, revision)
-            results[name] = suite.run(lm)
-            model_info.append({"name": name, "path": str(spec), "fingerprint": lm.fingerprint, "resolution": lm.size,
-                               "text_tower": lm.has_text, "decoder": lm.has_decoder,
-                               "params": lm.model.param_counts()})
-            del lm
-            if info.device.type == "cuda":
-                torch.cuda.empty_cache()
-    finally:
-        dist.cleanup()
+    for spec, name in zip(models, names):
+        lm = load_model(spec, name, info.device, opts.size, revision)
+        results[name] = suite.run(lm)
+        model_info.append({"name": name, "path": str(spec), "fingerprint": lm.fingerprint, "resolution": lm.size,
+                           "text_tower": lm.has_text, "decoder": lm.has_decoder,
+                           "params": lm.model.param_counts()})
+        del lm
+        if info.device.type == "cuda":
+            torch.cuda.empty_cache()
     if info.rank != 0:
         return None
     first = suite.data_for(model_info[0]["resolution"])

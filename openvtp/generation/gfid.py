@@ -98,7 +98,7 @@ def gfid(
     FID Inception, sFID reference images or stored `mu_s`/`sigma_s`, precision/recall reference
     images; otherwise they are None); every rank gets the same dict.
     """
-    info = dist.init(device)
+    info = dist.info(device)
     model, cfg, stats = load_dit(checkpoint, overrides.use_ema if overrides else None, info.device)
     scfg = overrides or cfg.sample
     if num_samples is not None:

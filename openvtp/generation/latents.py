@@ -124,7 +124,7 @@ def extract_latents(
     Resumable and torchrun-aware (see the module docstring). Returns the directory.
     """
     precision = resolve(precision, "cpu")  # auto is float32 on every device, as before the option existed
-    info = dist.init(device)
+    info = dist.info(device)
     with RunFolder(out_dir, "--out", dist.is_main(), info.device, resume=()) as run:
         return _extract(run, info.device, tokenizer, dataset, Path(out_dir), image_size, batch_size, shard_size,
                         label_fn, stats_num, seed, num_workers, progress, precision)

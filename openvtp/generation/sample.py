@@ -254,7 +254,7 @@ def sample(
     torchrun each rank makes a disjoint part; rank 0 assembles the .npz. `grid_nrow` images per grid
     row (e.g. the number of samples per class when labels are grouped by class). Returns the .npz path.
     """
-    info = dist.init(device)
+    info = dist.info(device)
     model, cfg, stats = load_dit(checkpoint, overrides.use_ema if overrides else None, info.device)
     scfg = overrides or cfg.sample
     if num_samples is not None or labels is not None:

@@ -159,7 +159,7 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
     stops at the same step (rank 0's clock decides). The run folder, interrupts and early failures
     behave as in pre-training (`RunFolder`).
     """
-    info = dist.init(cfg.train.device)
+    info = dist.info(cfg.train.device)
     validate(cfg, dist.world_size())
     with RunFolder(cfg.train.run_dir, "train.run_dir", dist.is_main(), info.device, cfg.train.resume) as run:
         return _train_dit(cfg, info, run, callback)

@@ -151,7 +151,7 @@ def finetune_step(cfg: FinetuneDecoderConfig, task: DecoderGAN, decoder: nn.Modu
 def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
     """Run stage 2; returns the summary (also written to out_dir/summary.json). The run folder, interrupts and
     early failures behave as in pre-training (`RunFolder`)."""
-    info = dist.init(cfg.train.device)
+    info = dist.info(cfg.train.device)
     validate_finetune(cfg, info.world_size)
     with RunFolder(cfg.train.out_dir, "train.out_dir", info.rank == 0, info.device, cfg.train.resume) as run:
         return _finetune_decoder(cfg, info, run)
@@ -250,5 +250,4 @@ def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunF
             summary["reconstructions"] = str(out / "reconstructions.png")
         logger.write_summary(summary)
     dist.barrier()
-    dist.cleanup()
     return summary

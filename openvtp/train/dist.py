@@ -1,7 +1,8 @@
-"""The only module that reads the torchrun environment.
+"""Ranks and collectives as library code sees them.
 
-Without torchrun everything runs as a single process (rank 0 of 1); with it, gloo on CPU
-and NCCL on GPU. Code elsewhere asks `rank()`, `world_size()` and `is_main()`.
+The process group belongs to whoever launched the process: the command line (`openvtp.cli.distributed`) under
+torchrun, or the caller's own launcher. Library code never creates or destroys it; it asks `info(device)`,
+`rank()`, `world_size()` and `is_main()`, and without a group everything runs as rank 0 of 1.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
+
+from openvtp.errors import OpenVTPError
 
 
 @dataclass(frozen=True)
@@ -20,10 +23,11 @@ class DistInfo:
     device: torch.device
 
 
-def init(device: str = "auto") -> DistInfo:
-    """Initialise the process group when launched by torchrun; pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+def info(device: str = "auto") -> DistInfo:
+    """This process's rank, world size and device (`cuda:LOCAL_RANK` for "cuda"), from the live process group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_dist():
+        raise OpenVTPError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but no process group is initialised: run the "
+                           "openvtp command under torchrun, or call torch.distributed.init_process_group first")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -31,9 +35,7 @@ def init(device: str = "auto") -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
-    if world > 1 and not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local_rank, dev)
+    return DistInfo(rank(), world_size(), local_rank, dev)
 
 
 def is_dist() -> bool:
@@ -77,11 +79,6 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     if not is_dist():
         return flag
     return all_reduce_sum(torch.tensor(float(flag), device=device)).item() > 0
-
-
-def cleanup() -> None:
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
 
 
 def max_over_ranks(value: int, device: torch.device) -> int:

@@ -134,7 +134,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     The run folder is locked for the run; SIGINT / SIGTERM stop it at a step boundary with a checkpoint
     (`Interrupted`), and a run that fails before its first step leaves the folder as it found it.
     """
-    info = dist.init(cfg.train.device)
+    info = dist.info(cfg.train.device)
     validate(cfg, info.world_size)
     with RunFolder(cfg.train.out_dir, "train.out_dir", info.rank == 0, info.device, cfg.train.resume) as run:
         return _pretrain(cfg, info, run)
@@ -219,5 +219,4 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         final.save_pretrained(out / "tokenizer")
         summary = logger.finish(final, cfg, step + 1 if step >= start else start, stopped)
     dist.barrier()
-    dist.cleanup()
     return summary
