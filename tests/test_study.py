@@ -6,7 +6,9 @@ import time
 import pytest
 
 from openvtp.errors import OpenVTPError
-from openvtp.experiments.study import aggregate, cell_overrides, check_overrides, markdown, study_cells
+from openvtp.experiments.stats import paired
+from openvtp.experiments.study import (aggregate, cell_overrides, check_overrides, comparisons, markdown,
+                                       study_cells)
 
 from .test_cli_demo import GENERATION, STAGE2, _figures
 from .test_train import TINY, _cli
@@ -83,6 +85,48 @@ def test_aggregate_reports_mean_and_sample_std_over_seeds():
     assert "| vtp | 10 | 7.0 | 3 | 12.00 +- 2.00 |" in markdown(rows, [])
     one = aggregate([cell(0, 10.0)])
     assert one[0]["frechet_generated"]["std"] is None and "| vtp | 10 | 7.0 | 1 | 10.00 |" in markdown(one, [])
+
+
+def test_paired_t_test_reproduces_students_sleep_data():
+    # Cushny and Peebles' sleep data, Student's paired example: R's t.test(extra ~ group, data = sleep, paired =
+    # TRUE) prints t = -4.0621, df = 9, p-value = 0.002833, 95% CI -2.4598858 -0.7001142, mean difference -1.58
+    drug1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
+    drug2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
+    r = paired(drug2, drug1)  # drug1 minus drug2
+    assert r["n"] == 10 and abs(r["mean"] + 1.58) < 1e-12
+    assert abs(r["ci"][0] + 2.4598858) < 1e-6 and abs(r["ci"][1] + 0.7001142) < 1e-6
+    assert abs(r["t"] + 4.0621) < 5e-5 and abs(r["p"] - 0.002833) < 5e-7
+    d = [y - x for x, y in zip(drug2, drug1)]  # t from its definition
+    sd = (sum((v - r["mean"]) ** 2 for v in d) / 9) ** 0.5
+    assert abs(r["t"] - r["mean"] / (sd / 10 ** 0.5)) < 1e-9
+    one = paired([1.0], [3.0])
+    assert one["mean"] == 2.0 and one["ci"] is None and one["p"] is None
+    same = paired([1.0, 2.0], [2.0, 3.0])  # no spread: an interval of width 0, no test
+    assert same["ci"] == [1.0, 1.0] and same["p"] is None
+
+
+def test_comparisons_pair_variants_at_equal_steps_and_each_variant_across_steps():
+    def cell(variant, steps, seed, frechet, complete=True):
+        return {"cell": f"{variant}-{steps}-s{seed}", "variant": variant, "tokenizer_steps": steps, "seed": seed,
+                "complete": complete, "tokenizer_flops": 1e12, "generation": {"frechet_generated": frechet},
+                "understanding": {}, "reconstruction": {}}
+
+    cells = [cell("ae", 1000, 0, 18.0), cell("ae", 1000, 1, 17.0), cell("ae", 1000, 2, 19.0),
+             cell("vtp", 1000, 0, 16.0), cell("vtp", 1000, 1, 16.5), cell("vtp", 1000, 2, 16.0),
+             cell("vtp", 1000, 3, 1.0),  # no AE cell at seed 3: not paired
+             cell("vtp", 250, 0, 20.0), cell("vtp", 250, 1, 21.0), cell("vtp", 250, 2, 19.0, complete=False)]
+    comp = comparisons(cells)
+    (pair,) = comp["pairs"]
+    assert (pair["a"], pair["b"], pair["tokenizer_steps"]) == ("ae", "vtp", 1000)
+    frechet = pair["figures"]["frechet_generated"]
+    assert frechet["seeds"] == [0, 1, 2] and frechet["diffs"] == [-2.0, -0.5, -3.0]
+    assert frechet["p"] == pytest.approx(paired([18.0, 17.0, 19.0], [16.0, 16.5, 16.0])["p"])
+    assert pair["figures"]["psnr"] is None
+    (scaling,) = comp["scaling"]  # the incomplete 250-step cell is left out
+    assert (scaling["variant"], scaling["from_steps"], scaling["to_steps"]) == ("vtp", 250, 1000)
+    assert scaling["figures"]["frechet_generated"]["diffs"] == [-4.0, -4.5]
+    text = markdown(aggregate(cells), cells)
+    assert "| vtp - ae | 1000 | Frechet | 3 | -1.83 [" in text and "| vtp | 1000 - 250 | Frechet | 2 | -4.25 [" in text
 
 
 def test_a_study_folder_keeps_one_set_of_settings(tmp_path, capsys):

@@ -27,6 +27,7 @@ from openvtp.errors import Interrupted, OpenVTPError
 from openvtp.train.checkpoint import write_json_atomic
 
 from .demo import plan_demo, run_demo, split_overrides
+from .stats import compare
 
 log = logging.getLogger("openvtp.study")
 
@@ -184,6 +185,64 @@ def aggregate(cells: list[dict]) -> list[dict]:
     return rows
 
 
+# the figures the paired comparisons report: generation, the latent probe, and reconstruction (the cost side)
+COMPARED = (("generation", "frechet_generated"), ("generation", "frechet_gap"), ("generation", "shape_acc_generated"),
+            ("generation", "shape_acc_gap"), ("understanding", "probe_shape_latent_seen"), ("reconstruction", "psnr"))
+
+
+def comparisons(cells: list[dict]) -> dict:
+    """Paired over seeds: every pair of variants at equal tokenizer steps (the later variant in VARIANTS order
+    minus the earlier, e.g. vtp - ae), and every variant from one step count to the next (larger minus smaller)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for c in cells:
+        if c["complete"]:  # a cell whose safety net fired is not a result
+            groups.setdefault((c["variant"], c["tokenizer_steps"]), []).append(c)
+
+    def figures(first: list[dict], second: list[dict]) -> dict:
+        return {key: compare(first, second, group, key) for group, key in COMPARED}
+
+    pairs, scaling = [], []
+    for steps in sorted({s for _, s in groups}):
+        present = [v for v in VARIANTS if (v, steps) in groups]
+        for i, a in enumerate(present):
+            for b in present[i + 1:]:
+                pairs.append({"a": a, "b": b, "tokenizer_steps": steps,
+                              "figures": figures(groups[(a, steps)], groups[(b, steps)])})
+    for variant in VARIANTS:
+        steps = sorted(s for v, s in groups if v == variant)
+        for lo, hi in zip(steps, steps[1:]):
+            scaling.append({"variant": variant, "from_steps": lo, "to_steps": hi,
+                            "figures": figures(groups[(variant, lo)], groups[(variant, hi)])})
+    return {"pairs": pairs, "scaling": scaling,
+            "test": "per-seed differences: mean, 95% Student-t interval, two-sided paired t-test (scipy.stats.ttest_rel)"}
+
+
+def _fmt_paired(stat: dict | None) -> tuple[str, str, str]:
+    """(n, mean [95% CI], p) for a table row."""
+    if stat is None:
+        return "0", "-", "-"
+    ci = "" if stat["ci"] is None else f" [{stat['ci'][0]:+.2f}, {stat['ci'][1]:+.2f}]"
+    p = "-" if stat["p"] is None else (f"{stat['p']:.3f}" if stat["p"] >= 0.001 else f"{stat['p']:.1e}")
+    return str(stat["n"]), f"{stat['mean']:+.2f}{ci}", p
+
+
+def paired_markdown(comp: dict) -> list[str]:
+    short = {key: name for metrics in METRICS.values() for key, name, *_ in metrics}
+    lines = ["## paired comparisons", "",
+             "Per-seed differences (cells at one seed share decoder, DiT and sampling seeds): mean, 95% t-interval, "
+             "two-sided paired t-test p-value. Positive means the second named is higher.", "",
+             "| comparison | steps | figure | n | difference [95% CI] | p |", "|---|---|---|---:|---:|---:|"]
+    for pair in comp["pairs"]:
+        for key, stat in pair["figures"].items():
+            lines.append(f"| {pair['b']} - {pair['a']} | {pair['tokenizer_steps']} | {short[key]} | "
+                         + " | ".join(_fmt_paired(stat)) + " |")
+    for row in comp["scaling"]:
+        for key, stat in row["figures"].items():
+            lines.append(f"| {row['variant']} | {row['to_steps']} - {row['from_steps']} | {short[key]} | "
+                         + " | ".join(_fmt_paired(stat)) + " |")
+    return lines + [""]
+
+
 def _mean_std(values: list[float]) -> dict | None:
     if not values:
         return None
@@ -211,15 +270,17 @@ def markdown(rows: list[dict], cells: list[dict]) -> str:
                          f"{len(r['seeds'])} | " + " | ".join(cells_txt) + " |")
         lines += [""] + [f"- {short}: {meaning} ({'higher' if better else 'lower'} is better)"
                          for _, short, meaning, better in metrics] + [""]
+    lines += paired_markdown(comparisons(cells))
     incomplete = [c["cell"] for c in cells if not c["complete"]]
     if incomplete:
         lines.append(f"**Incomplete cells (a safety net fired; their figures are not results):** {', '.join(incomplete)}")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, comp: dict | None = None) -> None:
     """The paper's figure at this scale: each panel a metric against tokenizer FLOPs, a line per variant
-    with the spread over seeds as error bars; generation on top, understanding and reconstruction below."""
+    with the spread over seeds as error bars; generation on top, understanding and reconstruction below; and
+    a bottom row of each variant's paired difference from the AE with its 95% interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,7 +290,7 @@ def plot(rows: list[dict], path: Path) -> None:
               "psnr"]
     meaning = {key: (short, better) for metrics in METRICS.values() for key, short, _, better in metrics}
     colours = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))  # a variant's, in every panel
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    fig, axes = plt.subplots(3, 3, figsize=(13, 11))
     for ax, key in zip(axes.flat, panels):
         for variant in VARIANTS:
             pts = [r for r in rows if r["variant"] == variant and r[key] is not None]
@@ -242,10 +303,24 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("tokenizer pre-training FLOPs")
         ax.grid(alpha=0.3)
-    for ax in axes.flat:
+    vs_ae = [pair for pair in (comp or {}).get("pairs", []) if pair["a"] == "ae"]
+    for ax, key in zip(axes[2], ("frechet_generated", "shape_acc_generated", "psnr")):
+        shown = [(pair, pair["figures"][key]) for pair in vs_ae if pair["figures"][key] is not None]
+        for i, (pair, stat) in enumerate(shown):
+            low, high = stat["ci"] or (stat["mean"], stat["mean"])
+            ax.errorbar([i], [stat["mean"]], yerr=[[stat["mean"] - low], [high - stat["mean"]]], marker="o",
+                        capsize=4, color=colours[pair["b"]])
+        ax.axhline(0.0, color="grey", lw=1)
+        ax.set_xticks(range(len(shown)), [f"{pair['b']}\n{pair['tokenizer_steps']}" for pair, _ in shown],
+                      fontsize=8)
+        short, better = meaning[key]
+        ax.set_title(f"{short}: variant - ae, paired, 95% CI", fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[:6]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=9)
-    fig.suptitle("openvtp study: generation (top), understanding and reconstruction (bottom) vs tokenizer compute")
+    fig.suptitle("openvtp study: generation (top), understanding and reconstruction (middle) vs tokenizer compute; "
+                 "paired differences from the AE (bottom)", fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -258,10 +333,11 @@ def write_outputs(out: Path) -> dict:
 
     cells = read_cells(out)
     rows = aggregate(cells)
-    payload = {"settings": json.loads((out / SETTINGS).read_text()), "cells": cells, "aggregate": rows}
+    payload = {"settings": json.loads((out / SETTINGS).read_text()), "cells": cells, "aggregate": rows,
+               "comparisons": comparisons(cells)}
     write_json_atomic(payload, out / "study.json")
     write_atomic(out / "study.md", markdown(rows, cells))
-    plot(rows, out / "study.png")
+    plot(rows, out / "study.png", payload["comparisons"])
     return payload
 
 
