@@ -19,6 +19,20 @@ def output_folder(path: str | Path, flag: str) -> Path:
     return Path(path)
 
 
+PRINT_CONFIG_HELP = "print the resolved, validated config as YAML and exit without work"
+
+
+def print_config(**configs) -> None:
+    """The resolved configs as one YAML document (a section per stage where there are several)."""
+    from omegaconf import OmegaConf
+
+    tree = {name: OmegaConf.structured(cfg) if not isinstance(cfg, dict) else cfg for name, cfg in configs.items()}
+    if len(tree) == 1:
+        print(OmegaConf.to_yaml(next(iter(tree.values()))), end="")
+    else:
+        print(OmegaConf.to_yaml(OmegaConf.create(tree)), end="")
+
+
 def forget_created(failed: bool) -> None:
     """At the end of a command: a failed one takes back the empty folders it made."""
     if failed:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
-from .common import non_negative_int, output_folder, positive_int, precision_arg
+from .common import PRINT_CONFIG_HELP, non_negative_int, output_folder, positive_int, precision_arg, print_config
 
 SAMPLE_KEYS = ("sample.", "fid.")
 
@@ -46,6 +46,8 @@ def cmd_train_dit(args) -> None:
 
     cfg = load_config(GenerationConfig, args.config, args.overrides)
     validate(cfg)
+    if args.print_config:
+        return print_config(train_dit=cfg)
     output_folder(cfg.train.run_dir, "train.run_dir")
     from openvtp.generation.train import train_dit
     from openvtp.train import dist
@@ -221,6 +223,7 @@ def register(sub) -> None:
     p = sub.add_parser("train-dit", help="train a LightningDiT on extracted latents (torchrun for several GPUs)")
     p.add_argument("--config", required=True, help="preset (dit-demo, dit-b-1-ablation, dit-xl-1-vtp) or YAML file")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.latents_dir=DIR train.steps=1000")
+    p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     p.set_defaults(func=cmd_train_dit)
 
     p = sub.add_parser("demo-generation", help="the demo's generation half alone, on an exported demo tokenizer")

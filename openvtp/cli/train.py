@@ -7,7 +7,7 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
-from .common import output_folder
+from .common import PRINT_CONFIG_HELP, output_folder, print_config
 
 # the default study (README, "Does it work?"): chosen once for a fair comparison within 90 min on 2 cores
 STUDY_DEFAULTS = {"variants": "ae,vtp", "steps": "250,1000", "seeds": "0,1", "jobs": 2}  # 66 min on 2 idle cores
@@ -19,6 +19,8 @@ def cmd_pretrain(args) -> None:
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     validate(cfg)  # before torch is imported; pretrain() checks again with the real world size
+    if args.print_config:
+        return print_config(pretrain=cfg)
     output_folder(cfg.train.out_dir, "train.out_dir")
     from openvtp.train.loop import pretrain
 
@@ -34,6 +36,8 @@ def cmd_demo(args) -> None:
     from openvtp.experiments.demo import plan_demo, report
 
     plan = plan_demo(args.out, args.overrides)
+    if args.print_config:
+        return _print_plan(plan)
     output_folder(plan.out, "--out")
     from openvtp.experiments.demo import run_demo
 
@@ -41,6 +45,15 @@ def cmd_demo(args) -> None:
     print("\n" + "\n".join(report(summary, plan.out)))
     if not summary["complete"]:
         raise SystemExit(2)
+
+
+def _print_plan(plan, **extra) -> None:
+    from openvtp.experiments.demo import dit_config
+
+    stages = {"pretrain": plan.pretrain, "decoder": plan.decoder, "generation": plan.generation}
+    if plan.generation.enabled:
+        stages["dit"] = dit_config(plan.dit_overrides)
+    print_config(**extra, **stages)
 
 
 def _demo_epilog() -> str:
@@ -70,9 +83,20 @@ def cmd_study(args) -> None:
     from openvtp.experiments.study import run_study
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    steps, seeds = _int_list(args.tokenizer_steps, "--tokenizer-steps"), _int_list(args.seeds, "--seeds")
+    if args.print_config:
+        from openvtp.experiments.demo import plan_demo
+        from openvtp.experiments.study import VARIANTS, cell_overrides, check_overrides, study_cells
+
+        check_overrides(args.overrides)
+        cells = study_cells(variants, steps, seeds)
+        grid = {"out": args.out, "variants": {v: list(VARIANTS[v]) for v in variants}, "tokenizer_steps": steps,
+                "seeds": seeds, "jobs": args.jobs, "cells": [c.name for c in cells]}
+        first = cells[0]  # every cell is this plan with its own variant, steps and seed
+        return _print_plan(plan_demo(Path(args.out) / "cells" / first.name, cell_overrides(first, args.overrides)),
+                           study=grid)
     output_folder(args.out, "--out")
-    result = run_study(args.out, variants, _int_list(args.tokenizer_steps, "--tokenizer-steps"),
-                       _int_list(args.seeds, "--seeds"), args.overrides, jobs=args.jobs)
+    result = run_study(args.out, variants, steps, seeds, args.overrides, jobs=args.jobs)
     incomplete = [c["cell"] for c in result["cells"] if not c["complete"]]
     print(f"\nopenvtp study: {len(result['cells'])} cells -> {args.out}/study.json, study.md, study.png")
     print(Path(args.out, "study.md").read_text())
@@ -87,6 +111,8 @@ def cmd_finetune_decoder(args) -> None:
 
     cfg = load_config(FinetuneDecoderConfig, args.config, [f"init={args.model}", *args.overrides])
     validate_finetune(cfg)
+    if args.print_config:
+        return print_config(finetune_decoder=cfg)
     output_folder(cfg.train.out_dir, "train.out_dir")
     from openvtp.train.decoder_finetune import finetune_decoder
 
@@ -99,6 +125,7 @@ def register(sub) -> None:
     p = sub.add_parser("pretrain", help="pre-train a VTP tokenizer (torchrun for several processes)")
     p.add_argument("--config", required=True, help="preset name (demo, vtp-s, vtp-b, vtp-l) or YAML file")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 ssl.weight=0")
+    p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("demo", help="the main job on the embedded data (what `make demo` runs)",
@@ -107,6 +134,7 @@ def register(sub) -> None:
                                                         "OUT/generation (default: %(default)s)")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE, decoder.KEY=VALUE, dit.KEY=VALUE, generation.KEY=VALUE "
                                                 "(see below)")
+    p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("study", help="does semantic pre-training make latents better for generation? "
@@ -124,10 +152,12 @@ def register(sub) -> None:
                    help="cells run side by side, one process and one thread each; the figures do not depend on it "
                         "(default: %(default)s)")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE, decoder.KEY=VALUE, dit.KEY=VALUE, generation.KEY=VALUE")
+    p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("finetune-decoder", help="stage 2: freeze the encoder, fine-tune the decoder with L1 + LPIPS + GAN")
     p.add_argument("model", help="stage-1 tokenizer: pretrain run folder, model folder or hub id")
     p.add_argument("--config", default="decoder-demo", help="preset name (decoder-demo) or YAML file")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. gan.start_step=500 train.steps=2000")
+    p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     p.set_defaults(func=cmd_finetune_decoder)
