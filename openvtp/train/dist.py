@@ -27,7 +27,7 @@ def info(device: str = "auto") -> DistInfo:
     """This process's rank, world size and device (`cuda:LOCAL_RANK` for "cuda"), from the live process group."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_dist():
         raise OpenVTPError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but no process group is initialised: run the "
-                           "openvtp command under torchrun, or call torch.distributed.init_process_group first")
+                           "openvtp command under torchrun, or create the group (torch.distributed) first")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
