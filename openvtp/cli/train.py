@@ -9,7 +9,7 @@ from openvtp.errors import OpenVTPError
 
 from .common import PRINT_CONFIG_HELP, output_folder, print_config
 
-# the default study (README, "Does it work?"): chosen once for a fair comparison within 90 min on 2 cores
+# the default study (docs/study.md): chosen once for a fair comparison within 90 min on 2 cores
 STUDY_DEFAULTS = {"variants": "ae,vtp", "steps": "250,1000", "seeds": "0,1", "jobs": 2}  # 66 min on 2 idle cores
 
 
