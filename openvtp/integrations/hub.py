@@ -100,20 +100,10 @@ def results_file_results(path: Path) -> list:
     return out
 
 
-def preset_of(cfg) -> str | None:
-    """The preset whose architecture the config has, if any."""
-    from openvtp.models.config import PRESETS, VTPConfig
-
-    arch = {k: v for k, v in cfg.to_dict().items() if k not in ("train_clip", "train_reconstruction")}
-    for name in PRESETS:
-        ref = {k: v for k, v in VTPConfig.preset(name).to_dict().items() if k not in ("train_clip", "train_reconstruction")}
-        if ref == arch:
-            return name
-    return None
-
-
 def _training_section(model, records: list[tuple[Path, dict, str | None]]) -> str:
     from omegaconf import OmegaConf
+
+    from openvtp.models.factory import preset_of
 
     preset = preset_of(model.config)
     lines = [f"Architecture: preset `{preset}`." if preset else "Architecture: a custom config (config.json).", ""]
