@@ -6,11 +6,11 @@ mistakes) answers without importing torch.
 from openvtp.errors import OpenVTPError
 
 __version__ = "0.1.0"
-__all__ = ["OpenVTPError", "VTPConfig", "VTPModel", "__version__"]
+__all__ = ["OpenVTPError", "VTPConfig", "VTPModel", "create_model", "list_models", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("VTPConfig", "VTPModel"):
+    if name in ("VTPConfig", "VTPModel", "create_model", "list_models"):
         from openvtp import models
 
         return getattr(models, name)

@@ -17,11 +17,11 @@ import sys
 from openvtp.errors import Interrupted, OpenVTPError
 from openvtp.files import os_error_message
 
-from . import evaluate, generate, model, train
+from . import evaluate, generate, hub, model, train
 from .common import Parser, forget_created
 from .distributed import process_group
 
-GROUPS = (model, train, evaluate, generate)
+GROUPS = (model, train, evaluate, generate, hub)
 VERBOSE_HELP = "also show third-party INFO logs, and the traceback of an error"
 
 

@@ -2,7 +2,7 @@
 config (the CLI's checks, `openvtp.config`) starts without torch."""
 from .config import VTPConfig
 
-__all__ = ["VTPConfig", "VTPModel"]
+__all__ = ["VTPConfig", "VTPModel", "create_model", "list_models"]
 
 
 def __getattr__(name: str):
@@ -10,4 +10,8 @@ def __getattr__(name: str):
         from .vtp import VTPModel
 
         return VTPModel
+    if name in ("create_model", "list_models"):
+        from . import factory
+
+        return getattr(factory, name)
     raise AttributeError(f"module 'openvtp.models' has no attribute {name!r}")
