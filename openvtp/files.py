@@ -152,3 +152,14 @@ def remove_created(created: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             pass
+
+
+def replace_dir(new: Path, path: Path) -> None:
+    """Put folder `new` at `path`, replacing what was there."""
+    if path.exists():
+        old = temp_dir(path.parent, f"{path.name}.old")
+        os.replace(path, old / "x")
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, path)

@@ -13,7 +13,7 @@ import torch
 
 from openvtp.constants import IMAGENET_MEAN, IMAGENET_STD
 from openvtp.errors import OpenVTPError
-from openvtp.files import temp_dir
+from openvtp.files import replace_dir, temp_dir
 
 MODULE_FILE = Path(__file__).with_name("diffusers_vtp.py")
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -95,14 +95,3 @@ def save_diffusers(model, out: str | os.PathLike, latents_stats: dict[str, torch
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def replace_dir(new: Path, path: Path) -> None:
-    """Put folder `new` at `path`, replacing what was there."""
-    if path.exists():
-        old = temp_dir(path.parent, f"{path.name}.old")
-        os.replace(path, old / "x")
-        os.replace(new, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, path)

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from openvtp.errors import OpenVTPError
-from openvtp.files import temp_dir, write_safetensors
+from openvtp.files import replace_dir, temp_dir, write_safetensors
 
 from .hub import CONFIG_NAME, WEIGHTS_NAME, resolve_model_dir  # noqa: F401 (re-exported)
 
@@ -56,13 +56,7 @@ def write_model_dir(path: str | os.PathLike, config_dict: dict, state: dict[str,
         (tmp / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2) + "\n")
         write_safetensors({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp / WEIGHTS_NAME,
                           metadata={"format": "pt"})
-        if path.exists():
-            old = temp_dir(path.parent, f"{path.name}.old")
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
