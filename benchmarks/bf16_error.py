@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from openvtp import VTPConfig, VTPModel
-from openvtp.precision import autocast
+from openvtp.runtime.precision import autocast
 
 
 def images(kind: str, num: int, size: int) -> torch.Tensor:

@@ -43,10 +43,12 @@ from openvtp.generation.train import build_dit_for_data, dit_loss, dit_step
 from openvtp.losses.flow import FlowMatchingLoss
 from openvtp.models import VTPConfig, VTPModel
 from openvtp.models.config import PRESETS
-from openvtp.train import dist, parallel
+from openvtp.runtime import dist
+from openvtp.runtime.precision import training_autocast
+from openvtp.train import parallel
 from openvtp.train.data import build_loader
 from openvtp.train.flops import pretrain_step_flops
-from openvtp.train.loop import precision_context, split_batch, train_step
+from openvtp.train.loop import split_batch, train_step
 from openvtp.train.optim import adamw, pretrain_param_groups
 from openvtp.train.task import PretrainTask
 
@@ -268,7 +270,7 @@ def codec_part(check: Check, preset: str, batch: int) -> None:
     scenes = CaptionedScenes("train", size=cfg.image_size, length=batch, seed=0)
     x = torch.stack([scenes[i]["image"] for i in range(batch)]).to(device).float() / 255
     iters, warmup = check.sizes.timed_steps, check.sizes.check_steps
-    with torch.inference_mode(), precision_context(device, "bf16"):
+    with torch.inference_mode(), training_autocast(device, "bf16"):
         z = model.encode(x)
         for name, fn in (("encode", lambda: model.encode(x)), ("decode", lambda: model.decode(z))):
             check.guard()

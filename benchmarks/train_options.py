@@ -25,7 +25,7 @@ from pathlib import Path
 def child(out: Path, config: str, overrides: list[str]) -> None:
     from openvtp.config.load import load_config
     from openvtp.config.schema import PretrainConfig
-    from openvtp.train.logger import RunLogger
+    from openvtp.runtime.logger import RunLogger
     from openvtp.train.loop import pretrain
 
     RunLogger.finish = lambda self, *args, **kwargs: {}

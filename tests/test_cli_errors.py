@@ -79,7 +79,7 @@ def test_full_disk_is_one_line_and_leaves_no_temporary_checkpoint(tmp_path, monk
 
     full = tmp_path / "full"
     if not _mount(full, "size=1m"):
-        import openvtp.train.checkpoint as checkpoint
+        import openvtp.runtime.checkpoint as checkpoint
 
         def no_space(*args, **kwargs):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

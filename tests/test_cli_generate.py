@@ -15,7 +15,7 @@ from openvtp.generation.config import GenerationConfig, dit_kwargs, validate
 from openvtp.generation.latents import load_latent_stats
 from openvtp.models.config import VTPConfig
 from openvtp.models.vtp import VTPModel
-from openvtp.train.checkpoint import list_checkpoints, load_checkpoint
+from openvtp.runtime.checkpoint import list_checkpoints, load_checkpoint
 
 TINY = ["model.arch=dit-tiny-1", "data.num_classes=7", "train.batch_size=8", "train.ema_decay=0.9",
         "train.log_every=2", "train.tensorboard=false", "train.progress=false"]

@@ -4,7 +4,7 @@ import torch.distributed as torch_dist
 
 from openvtp.cli.distributed import process_group
 from openvtp.errors import OpenVTPError
-from openvtp.train import dist
+from openvtp.runtime import dist
 from openvtp.train.loop import pretrain
 
 from .test_train import tiny_config

@@ -11,7 +11,7 @@ from openvtp.config.load import load_config
 from openvtp.config.schema import FinetuneDecoderConfig
 from openvtp.errors import OpenVTPError
 from openvtp.models import VTPConfig, VTPModel
-from openvtp.train.checkpoint import load_checkpoint
+from openvtp.runtime.checkpoint import load_checkpoint
 from openvtp.train.decoder_finetune import DecoderGAN, finetune_decoder
 
 SMALL = dict(image_size=32, vision_patch_size=8, vision_embed_dim=32, vision_depth=2, vision_num_heads=2,

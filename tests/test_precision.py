@@ -14,7 +14,7 @@ from openvtp.errors import OpenVTPError
 from openvtp.eval.suite import EvalOptions, evaluate
 from openvtp.generation.latents import extract_latents
 from openvtp.models import VTPConfig, VTPModel
-from openvtp.precision import autocast, resolve
+from openvtp.runtime.precision import autocast, resolve
 
 from .conftest import CONFORMANCE
 

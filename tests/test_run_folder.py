@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from openvtp.cli import main
-from openvtp.train.run_folder import LOCK, take_lock
+from openvtp.runtime.run_folder import LOCK, take_lock
 
 from .conftest import CONFORMANCE
 from .test_train import TINY, _losses, _torchrun
@@ -166,7 +166,7 @@ def test_a_stale_lock_is_reported_and_taken_over(tmp_path, caplog):
 @pytest.mark.parametrize("mask", [0o022, 0o027])
 def test_files_and_folders_follow_the_umask(tmp_path, mask):
     from openvtp.models import VTPConfig, VTPModel
-    from openvtp.train.checkpoint import save_checkpoint, write_json_atomic
+    from openvtp.runtime.checkpoint import save_checkpoint, write_json_atomic
 
     old = os.umask(mask)
     try:

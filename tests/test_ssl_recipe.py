@@ -12,7 +12,7 @@ from openvtp.data.views import MultiCrop, sample_generator
 from openvtp.losses import IBOTPatchLoss
 from openvtp.models import VTPModel
 from openvtp.train import optim
-from openvtp.train.checkpoint import load_checkpoint
+from openvtp.runtime.checkpoint import load_checkpoint
 from openvtp.train.data import PretrainCollate, build_loader, layout_for
 from openvtp.train.task import PretrainTask
 
@@ -183,7 +183,7 @@ def test_ibot_and_koleo_scales(tmp_path, monkeypatch):
     masks = batch["ssl_masks"]
     terms = {}
     other = torch.randn(5, cfg.model.vision_embed_dim)  # rows another rank would contribute
-    monkeypatch.setattr(ssl_mod, "_gather_with_grad", lambda x: torch.cat([x, other]))
+    monkeypatch.setattr(ssl_mod.dist, "all_gather", lambda x: torch.cat([x, other]))
     for opts in (("all", "sum", "rank"), ("masked", "mean", "global")):
         c = tiny_config(tmp_path, "ssl.drop_path=0", *(f"ssl.{k}={v}" for k, v in
                                                         zip(("ibot_normalize", "koleo_crops", "koleo_batch"), opts)))

@@ -140,7 +140,7 @@ def test_a_study_folder_keeps_one_set_of_settings(tmp_path, capsys):
 
 def test_a_second_study_into_a_live_folder_fails(tmp_path):
     from openvtp.experiments.study import run_study
-    from openvtp.train.run_folder import release_lock, take_lock
+    from openvtp.runtime.run_folder import release_lock, take_lock
 
     lock = take_lock(tmp_path / "study.lock", "--out")
     try:

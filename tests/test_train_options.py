@@ -12,7 +12,7 @@ from openvtp.models import VTPModel
 from openvtp.models.layers import checkpointing
 from openvtp.train import parallel
 from openvtp.train.data import build_loader
-from openvtp.train.logger import RunLogger
+from openvtp.runtime.logger import RunLogger
 from openvtp.train.loop import pretrain
 from openvtp.train.task import PretrainTask
 

@@ -9,7 +9,7 @@ import torch
 from openvtp.errors import OpenVTPError
 from openvtp.losses import IBOTPatchLoss
 from openvtp.train import loop
-from openvtp.train.checkpoint import load_checkpoint
+from openvtp.runtime.checkpoint import load_checkpoint
 from openvtp.train.data import build_loader
 from openvtp.train.objectives.ssl import masked_rows
 from openvtp.train.task import PretrainTask

@@ -15,7 +15,7 @@ import shlex
 import sys
 
 from openvtp.errors import Interrupted, OpenVTPError
-from openvtp.files import os_error_message
+from openvtp.runtime.files import os_error_message
 
 from . import evaluate, generate, hub, model, train
 from .common import Parser, forget_created

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from openvtp.files import remove_created, writable_dir
-from openvtp.precision import PRECISIONS
+from openvtp.runtime.files import remove_created, writable_dir
+from openvtp.runtime.precision import PRECISIONS
 
 _created: list[Path] = []  # output folders this command created; removed again (if empty) when it fails
 

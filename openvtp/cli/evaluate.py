@@ -120,7 +120,7 @@ def cmd_fid(args) -> None:
     if args.save_stats:
         import os
 
-        from openvtp.files import temp_file
+        from openvtp.runtime.files import temp_file
 
         target = Path(args.save_stats)
         fd, tmp = temp_file(target.absolute().parent, target.name)

@@ -29,7 +29,7 @@ def cmd_extract_latents(args) -> None:
     out = extract_latents(model, dataset, args.out, image_size=size, batch_size=args.batch_size,
                           shard_size=args.shard_size, stats_num=args.stats_num, seed=args.seed, device=args.device,
                           num_workers=args.workers, precision=args.precision)
-    from openvtp.train import dist
+    from openvtp.runtime import dist
 
     if dist.is_main():
         index = json.loads((out / "index.json").read_text())
@@ -50,11 +50,11 @@ def cmd_train_dit(args) -> None:
         return print_config(train_dit=cfg)
     output_folder(cfg.train.run_dir, "train.run_dir")
     from openvtp.generation.train import train_dit
-    from openvtp.train import dist
+    from openvtp.runtime import dist
 
     history = train_dit(cfg)
     if dist.is_main():
-        from openvtp.train.checkpoint import list_checkpoints
+        from openvtp.runtime.checkpoint import list_checkpoints
 
         last = list_checkpoints(cfg.train.run_dir)
         tail = f", last loss {history[-1]:.4f}" if history else " (already finished)"
@@ -107,7 +107,7 @@ def cmd_sample(args) -> None:
     output_folder(args.out, "--out")
     npz = sample(ckpt, args.out, scfg, tokenizer=tokenizer, labels=labels,
                  device=args.device, grid_nrow=args.per_class if labels is not None else None)
-    from openvtp.train import dist
+    from openvtp.runtime import dist
 
     if dist.is_main():
         print(f"{len(labels) if labels is not None else scfg.num_samples} samples ({scfg.method}, "
@@ -138,11 +138,11 @@ def cmd_gfid(args) -> None:
         if path:
             output_folder(Path(path).absolute().parent, flag)
     from openvtp.generation.gfid import gfid
-    from openvtp.train.checkpoint import write_json_atomic
+    from openvtp.runtime.checkpoint import write_json_atomic
 
     result = gfid(ckpt, reference, overrides=scfg, tokenizer=tokenizer, inception=weights,
                   save_npz=args.save_npz, device=args.device, fid=fcfg)
-    from openvtp.train import dist
+    from openvtp.runtime import dist
 
     if dist.is_main():
         if args.out:

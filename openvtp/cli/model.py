@@ -67,7 +67,7 @@ def cmd_reconstruct(args) -> None:
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     from openvtp.data.image_io import read_image, save_image
-    from openvtp.precision import LABELS, autocast, resolve
+    from openvtp.runtime.precision import LABELS, autocast, resolve
 
     names = recon_names(args.images)
     model = load_model(args.model, args.revision)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from openvtp.errors import OpenVTPError
 from openvtp.models.config import VTPConfig
+from openvtp.runtime.precision import PRECISIONS
 
 
 @dataclass
@@ -209,7 +210,7 @@ def _validate_common(t: TrainConfig, d: DataConfig, o: OptimConfig, e: EvalDurin
     _need(e.every >= 0, "eval.every must be >= 0 (0: only at the end)")
     _need(e.images > 0, "eval.images must be positive")
     _need(t.threads >= 0, "train.threads must be >= 0 (0: torch's default)")
-    _need(t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
+    _need(t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}")
     _need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
     _need(t.parallel in ("ddp", "fsdp"), f"train.parallel must be ddp or fsdp, got '{t.parallel}'")
     _need(d.source in ("embedded", "shards", "folder"), "data.source must be embedded, shards or folder")

@@ -1,5 +1,5 @@
 """One pass of a model over an image set for evaluation: batched, chunked into a resumable on-disk cache, split over
-torchrun ranks, `inference_mode`, in the precision asked (`openvtp.precision`: by default bf16 autocast on CUDA).
+torchrun ranks, `inference_mode`, in the precision asked (`openvtp.runtime.precision`: by default bf16 autocast on CUDA).
 
 A pass computes every feature the tasks may want from one forward (the trunk's last blocks, pooled patch tokens,
 the pooled bottleneck latent, the CLIP embedding), so each (model, split, preprocessing) is read and encoded once.
@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from openvtp.errors import Interrupted, OpenVTPError
-from openvtp.precision import autocast
-from openvtp.train.interrupt import StopSignals, quiet_worker
+from openvtp.runtime.precision import autocast
+from openvtp.runtime.interrupt import StopSignals, quiet_worker
 
 from .datasets import READ_ERRORS, EvalSet
 from .features import FeatureCache
@@ -191,7 +191,7 @@ def cached_pass(
     unfinished chunk's part and raise `Interrupted`. Under torchrun rank r computes chunks r, r + W, ... and only
     rank 0 gets the result. Returns ({name: (M, ...)}, positions (M,)) for the M readable images, or None off rank 0.
     """
-    from openvtp.train import dist
+    from openvtp.runtime import dist
 
     n = len(evalset)
     if n == 0:

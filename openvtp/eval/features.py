@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from openvtp.errors import OpenVTPError
-from openvtp.files import TEMP_MARK, write_safetensors
+from openvtp.runtime.files import TEMP_MARK, write_safetensors
 
 LABELS = "labels"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from openvtp.errors import OpenVTPError
-from openvtp.precision import check_precision
+from openvtp.runtime.precision import check_precision
 
 # How each task family preprocesses images by default, as the released protocols do.
 DEFAULT_PREPROCESS = {"recon": "adm", "zeroshot": "squash", "retrieval": "squash", "probe": "crop"}

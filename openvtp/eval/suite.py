@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from openvtp.data.text import VOCAB_SIZE
 from openvtp.errors import OpenVTPError
-from openvtp.precision import LABELS, autocast, resolve
+from openvtp.runtime.precision import LABELS, autocast, resolve
 
 from .datasets import EvalData, EvalSet, open_data
 from .extract import LoadedModel, cached_pass, pass_compute, quantise
@@ -172,7 +172,7 @@ class Suite:
     # ------------------------------------------------------------------ one model
     def run(self, lm: LoadedModel) -> list[dict] | None:
         """All requested tasks for one model: a list of result entries (None on torchrun ranks other than 0)."""
-        from openvtp.train import dist
+        from openvtp.runtime import dist
 
         data = self.data_for(lm.size)
         tasks = [t for t in TASKS if t in self.opts.tasks]
@@ -534,7 +534,7 @@ def evaluate(models: list[str], data: str, opts: EvalOptions, out: str | Path, n
 
     from openvtp.models.config import VTPConfig
     from openvtp.models.io import CONFIG_NAME, resolve_model_dir
-    from openvtp.train import dist
+    from openvtp.runtime import dist
 
     from .extract import load_model
     from .report import write_report

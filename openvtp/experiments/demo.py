@@ -20,7 +20,7 @@ from openvtp.errors import Interrupted, OpenVTPError
 from openvtp.generation.config import GenerationConfig
 from openvtp.generation.config import validate as validate_dit
 from openvtp.generation.demo_config import GenerationDemoConfig, validate_demo
-from openvtp.train.checkpoint import write_json_atomic
+from openvtp.runtime.checkpoint import write_json_atomic
 
 log = logging.getLogger("openvtp.demo")
 PREFIXES = ("decoder.", "dit.", "generation.")  # unprefixed keys configure pre-training

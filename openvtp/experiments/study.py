@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from openvtp.errors import Interrupted, OpenVTPError
-from openvtp.train.checkpoint import write_json_atomic
+from openvtp.runtime.checkpoint import write_json_atomic
 
 from .demo import plan_demo, run_demo, split_overrides
 from .stats import compare
@@ -357,7 +357,7 @@ def run_study(out: str | Path, variants: Sequence[str], steps: Sequence[int], se
     if any(not plan.generation.enabled for plan in plans.values()):
         raise OpenVTPError("generation.enabled=false: a study measures generation")
     _check_settings(out, overrides)
-    from openvtp.train.run_folder import release_lock, take_lock
+    from openvtp.runtime.run_folder import release_lock, take_lock
 
     lock = take_lock(out / "study.lock", "--out")
     try:

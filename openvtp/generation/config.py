@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 from openvtp.errors import OpenVTPError
 from openvtp.models.dit_sizes import DIT_PRESETS
+from openvtp.runtime.precision import PRECISIONS
 
 SAMPLERS = ("euler", "heun", "dopri5")
 TIMESTEP_SAMPLING = ("logit_normal", "uniform")  # openvtp.losses.flow's modes, named here so configs load without torch
-PRECISIONS = ("auto", "fp32", "bf16")
 FID_LABELS = ("balanced", "random")
 
 

@@ -28,7 +28,7 @@ from openvtp.eval.fid import (FeatureExtractor, ImageSet, InceptionFeatures, fea
                               inception_score)
 from openvtp.generation.config import FIDConfig, SampleConfig, validate
 from openvtp.generation.sample import fid_labels, iter_samples, load_dit, load_tokenizer, to_uint8_hwc, write_npz
-from openvtp.train import dist
+from openvtp.runtime import dist
 
 
 def batch_features(extractor: FeatureExtractor, images: torch.Tensor) -> dict[str, np.ndarray]:

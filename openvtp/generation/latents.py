@@ -14,7 +14,7 @@ when complete (written under a temporary name, then renamed), so a killed extrac
 by skipping the shards that exist; under torchrun rank r does the shards k with k % world == r,
 and the result does not depend on the number of processes. SIGINT / SIGTERM stop after the current
 batch and keep what the unfinished shard has (`partial_latents_XXXXX.safetensors`), which the next
-run continues; the folder is locked while a run writes it (`openvtp.train.run_folder`).
+run continues; the folder is locked while a run writes it (`openvtp.runtime.run_folder`).
 """
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from openvtp.errors import OpenVTPError
-from openvtp.files import TEMP_MARK, write_safetensors
-from openvtp.precision import autocast, resolve
-from openvtp.train import dist
-from openvtp.train.checkpoint import atomic_torch_save
-from openvtp.train.interrupt import quiet_worker
-from openvtp.train.run_folder import RunFolder
+from openvtp.runtime.files import TEMP_MARK, write_safetensors
+from openvtp.runtime.precision import autocast, resolve
+from openvtp.runtime import dist
+from openvtp.runtime.checkpoint import atomic_torch_save
+from openvtp.runtime.interrupt import quiet_worker
+from openvtp.runtime.run_folder import RunFolder
 
 SHARD = "latents_{:05d}.safetensors"
 CAPTIONS = "captions_{:05d}.json"

@@ -31,8 +31,8 @@ from openvtp.errors import OpenVTPError
 from openvtp.generation import seeding
 from openvtp.generation.config import FID_LABELS, GenerationConfig, SampleConfig, validate
 from openvtp.models.dit import LightningDiT
-from openvtp.train import dist
-from openvtp.train.checkpoint import list_checkpoints, load_checkpoint
+from openvtp.runtime import dist
+from openvtp.runtime.checkpoint import list_checkpoints, load_checkpoint
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B, ...), t (B,)) -> v
 

@@ -29,11 +29,12 @@ from openvtp.generation.config import GenerationConfig, dit_kwargs, validate
 from openvtp.generation.latents import LatentDataset, load_latent_stats
 from openvtp.losses.flow import FlowMatchingLoss, sample_timesteps
 from openvtp.models.dit import LightningDiT
-from openvtp.train import dist
-from openvtp.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from openvtp.train.logger import time_limit_message
-from openvtp.train.interrupt import quiet_worker
-from openvtp.train.run_folder import RunFolder
+from openvtp.runtime import dist
+from openvtp.runtime.precision import training_autocast
+from openvtp.runtime.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from openvtp.runtime.logger import time_limit_message
+from openvtp.runtime.interrupt import quiet_worker
+from openvtp.runtime.run_folder import RunFolder
 
 log = logging.getLogger("openvtp.dit")
 
@@ -103,7 +104,7 @@ def dit_loss(cfg: GenerationConfig, model: LightningDiT, train_model: torch.nn.M
     drop_all = torch.rand(B, generator=g, device=device) < model.class_dropout_prob
     sl = slice(rank * b, (rank + 1) * b)
     y = torch.where(drop_all[sl], torch.full_like(y, model.null_class), y)
-    with _autocast(device, precision):
+    with training_autocast(device, precision):
         return loss_fn(train_model, x, y, t=t_all[sl], noise=noise_all[sl])
 
 
@@ -120,11 +121,6 @@ def dit_step(cfg: GenerationConfig, model: LightningDiT, train_model: torch.nn.M
     opt.zero_grad(set_to_none=True)
     update_ema(ema, model, cfg.train.ema_decay)
     return terms, grad_norm
-
-
-def _autocast(device: torch.device, precision: str):
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _broadcast_flag(flag: bool, device: torch.device) -> bool:

@@ -13,7 +13,7 @@ import torch
 
 from openvtp.constants import IMAGENET_MEAN, IMAGENET_STD
 from openvtp.errors import OpenVTPError
-from openvtp.files import replace_dir, temp_dir
+from openvtp.runtime.files import replace_dir, temp_dir
 
 MODULE_FILE = Path(__file__).with_name("diffusers_vtp.py")
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -1,29 +1,13 @@
 """CLIP's symmetric InfoNCE loss, with features gathered from all ranks (open_clip's ClipLoss)."""
 
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn as nn
 import torch.nn.functional as F
 
-from openvtp.losses._dist import is_distributed
+from openvtp.runtime import dist
 
 
-def gather_features(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
-    """Concatenate `x` (B, ...) of every rank along dim 0, in rank order; identity in one process.
-
-    with_grad=True uses the autograd-aware all_gather: the backward sums, over ranks, the gradient
-    each rank's loss sends to this rank's rows. with_grad=False gathers plain copies and puts the
-    local tensor back in its slot, so only the local rows carry gradient.
-    """
-    if not is_distributed():
-        return x
-    if with_grad:
-        return torch.cat(dist_fn.all_gather(x), dim=0)
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[dist.get_rank()] = x
-    return torch.cat(parts, dim=0)
+gather_features = dist.all_gather  # open_clip's name for it
 
 
 class ClipLoss(nn.Module):

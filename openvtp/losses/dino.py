@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from openvtp.losses._dist import all_reduce_
+from openvtp.runtime.dist import all_reduce_
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from openvtp.errors import OpenVTPError
-from openvtp.files import replace_dir, temp_dir, write_safetensors
+from openvtp.runtime.files import replace_dir, temp_dir, write_safetensors
 
 from .hub import CONFIG_NAME, WEIGHTS_NAME, resolve_model_dir  # noqa: F401 (re-exported)
 

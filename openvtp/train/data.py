@@ -25,7 +25,7 @@ from openvtp.data.text import tokenize
 from openvtp.data.views import (STREAM_CLIP, STREAM_MASK, STREAM_RECON, STREAM_SSL, MultiCrop, contrastive_view,
                                 reconstruction_view, sample_generator)
 
-from .interrupt import quiet_worker
+from openvtp.runtime.interrupt import quiet_worker
 
 EMBEDDED_LENGTH = 10**9  # procedural scenes never repeat within a run
 

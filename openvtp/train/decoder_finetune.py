@@ -23,15 +23,15 @@ from openvtp.losses import ReconstructionLoss
 from openvtp.losses.gan import PatchDiscriminator, adaptive_weight, generator_adv_loss, hinge_d_loss
 from openvtp.models import VTPModel
 
-from . import dist
-from .checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
+from openvtp.runtime import dist
+from openvtp.runtime.precision import training_autocast
+from openvtp.runtime.checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
 from .data import build_loader
-from .logger import RunLogger
-from .loop import precision_context
+from openvtp.runtime.logger import RunLogger
 from .optim import adamw, param_groups
-from .run_folder import RunFolder
+from openvtp.runtime.run_folder import RunFolder
 from .schedules import warmup_cosine
-from .step_counters import StepCounters, check_skipped_steps, end_step
+from openvtp.runtime.steps import StepCounters, check_skipped_steps, end_step
 
 log = logging.getLogger("openvtp.train")
 
@@ -118,7 +118,7 @@ def finetune_step(cfg: FinetuneDecoderConfig, task: DecoderGAN, decoder: nn.Modu
     skipped on every rank by the fused optimisers' `found_inf`. Returns `skip` (1.0 where the decoder's or the
     discriminator's update was skipped) and, with `log`, the terms and the decoder's grad norm.
     """
-    with precision_context(device, cfg.train.precision):
+    with training_autocast(device, cfg.train.precision):
         g_terms, recon = task.generator_terms(images, step, decoder)
     bad = (~torch.isfinite(g_terms["loss"].detach())).float()
     g_terms["loss"].backward()
@@ -132,7 +132,7 @@ def finetune_step(cfg: FinetuneDecoderConfig, task: DecoderGAN, decoder: nn.Modu
     opt_g.zero_grad(set_to_none=True)
     terms = {k: v.detach().float() for k, v in g_terms.items()} if log else {}
     if cfg.gan.weight > 0 and step >= cfg.gan.start_step:
-        with precision_context(device, cfg.train.precision):
+        with training_autocast(device, cfg.train.precision):
             d_terms = task.discriminator_terms(images, recon, disc)
         bad_d = (~torch.isfinite(d_terms["d_loss"].detach())).float()
         d_terms["d_loss"].backward()

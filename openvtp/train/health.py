@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import dist
+from openvtp.runtime import dist
 
 
 @torch.no_grad()

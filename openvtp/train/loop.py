@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,15 +18,17 @@ from openvtp.config.load import config_to_dict, save_config
 from openvtp.config.schema import PretrainConfig, validate
 from openvtp.losses.ibot import mask_index
 from openvtp.models import VTPModel
+from openvtp.runtime import dist
+from openvtp.runtime.checkpoint import resolve_resume, save_checkpoint
+from openvtp.runtime.logger import RunLogger
+from openvtp.runtime.precision import training_autocast
+from openvtp.runtime.run_folder import RunFolder
+from openvtp.runtime.steps import StepCounters, check_skipped_steps, end_step
 
-from . import dist, parallel
-from .checkpoint import resolve_resume, save_checkpoint
+from . import parallel
 from .data import build_loader
-from .logger import RunLogger
 from .optim import adamw, clip_gradients, pretrain_param_groups, set_schedule, total_norm
-from .run_folder import RunFolder
 from .schedules import cosine, warmup_cosine
-from .step_counters import StepCounters, check_skipped_steps, end_step
 from .task import PretrainTask
 
 log = logging.getLogger("openvtp.train")
@@ -57,11 +58,6 @@ def _split(batch: dict, n: int) -> list[dict]:
         for part, chunk in zip(parts, chunks):
             part[key] = chunk
     return parts
-
-
-def precision_context(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -98,7 +94,7 @@ def train_step(cfg: PretrainConfig, task: PretrainTask, wrapped: nn.Module, opt:
     loss = torch.zeros((), device=info.device)
     nonfinite = torch.zeros((), device=info.device)
     for i, mb in enumerate(micro):
-        with parallel.grad_sync(wrapped, i == len(micro) - 1), precision_context(info.device, cfg.train.precision):
+        with parallel.grad_sync(wrapped, i == len(micro) - 1), training_autocast(info.device, cfg.train.precision):
             terms = wrapped(mb, step)
         nonfinite = nonfinite + (~torch.isfinite(terms["loss"].detach())).float()
         loss = loss + terms["loss"].detach().float() / len(micro)

@@ -28,8 +28,8 @@ from openvtp.errors import OpenVTPError
 from openvtp.models import VTPModel
 from openvtp.models.config import VTPConfig
 
-from . import dist
-from .checkpoint import load_checkpoint, restore_checkpoint
+from openvtp.runtime import dist
+from openvtp.runtime.checkpoint import load_checkpoint, restore_checkpoint
 from .task import PretrainTask
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

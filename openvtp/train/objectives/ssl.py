@@ -17,17 +17,9 @@ from openvtp.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
 from openvtp.losses.ibot import mask_index
 from openvtp.models import VTPModel
 from openvtp.models.heads import DinoHead
-from openvtp.train import dist
+from openvtp.runtime import dist
 from openvtp.train.health import ssl_health
 from openvtp.train.schedules import linear_warmup
-
-
-def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    if not dist.is_dist():
-        return x
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
 def masked_rows(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -129,7 +121,7 @@ class SSLObjective(nn.Module):
     def _koleo(self, s_cls: torch.Tensor, n_global: int) -> torch.Tensor:
         """KoLeo of each global crop's student CLS over this rank's batch (DINOv2) or the batch of all ranks,
         summed over the crops (DINOv2) or averaged."""
-        total = sum(self.koleo(c if self.cfg.koleo_batch == "rank" else _gather_with_grad(c))
+        total = sum(self.koleo(c if self.cfg.koleo_batch == "rank" else dist.all_gather(c))
                     for c in s_cls.chunk(n_global))
         return total if self.cfg.koleo_crops == "sum" else total / n_global
 

@@ -59,6 +59,32 @@ def barrier() -> None:
         torch_dist.barrier()
 
 
+def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all_reduce (sum or max) across ranks; returns `t`. Losses use it on statistics, without grad."""
+    if is_dist():
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM if op == "sum" else torch_dist.ReduceOp.MAX)
+    return t
+
+
+def all_gather(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    """`x` (B, ...) of every rank concatenated along dim 0 in rank order; `x` itself in one process.
+
+    with_grad=True uses the autograd-aware all_gather: the backward sums, over ranks, the gradient each rank's loss
+    sends to this rank's rows. with_grad=False gathers plain copies and puts the local tensor back in its slot, so
+    only the local rows carry gradient.
+    """
+    if not is_dist():
+        return x
+    if with_grad:
+        import torch.distributed.nn.functional as dist_fn
+
+        return torch.cat(dist_fn.all_gather(x), dim=0)
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    torch_dist.all_gather(parts, x.detach().contiguous())
+    parts[rank()] = x
+    return torch.cat(parts, dim=0)
+
+
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     if is_dist():
         t = t.clone()

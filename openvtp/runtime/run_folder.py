@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from openvtp.errors import Interrupted, OpenVTPError
-from openvtp.files import remove_created, remove_stale_temps, writable_dir
+from openvtp.runtime.files import remove_created, remove_stale_temps, writable_dir
 
 from .checkpoint import list_checkpoints
 from .interrupt import StopSignals

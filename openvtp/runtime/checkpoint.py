@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from openvtp.errors import OpenVTPError
-from openvtp.files import naming, temp_dir, temp_file
+from openvtp.runtime.files import naming, temp_dir, temp_file
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
