@@ -67,6 +67,7 @@ class DiTTrainConfig:
     log_every: int = 100
     ckpt_every: int = 20_000  # 0: only at the end
     keep_last: int = 3
+    max_bad_steps: int = 5  # consecutive non-finite steps (skipped) before the run stops
     resume: str = ""  # '' fresh, 'latest' newest checkpoint in run_dir, or a checkpoint dir
     time_limit_s: float = 0.0  # stop (and checkpoint) after this long; 0: no limit
     device: str = "auto"
@@ -162,6 +163,7 @@ def validate(cfg: GenerationConfig, world_size: int = 1) -> None:
     _check(t.log_every > 0, "train.log_every", "must be > 0")
     _check(t.ckpt_every >= 0, "train.ckpt_every", "must be >= 0")
     _check(t.keep_last >= 1, "train.keep_last", "must be >= 1")
+    _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
     _check(t.time_limit_s >= 0, "train.time_limit_s", "must be >= 0 (0 = no limit)")
     _check(t.precision in PRECISIONS, "train.precision", f"choose from {', '.join(PRECISIONS)}")
     _check(s.method in SAMPLERS, "sample.method", f"unknown '{s.method}' (choose from {', '.join(SAMPLERS)})")

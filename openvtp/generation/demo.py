@@ -36,7 +36,7 @@ from openvtp.generation.sample import sample, save_grid
 from openvtp.generation.sources import open_source
 from openvtp.generation.train import build_dit_for_data, train_dit
 from openvtp.runtime.checkpoint import write_json_atomic
-from openvtp.runtime.logger import time_limit_message
+from openvtp.runtime.steps import time_limit_message
 
 log = logging.getLogger("openvtp.demo.generation")
 PRESET = "dit-demo"

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
-from tqdm import tqdm
 
 from openvtp.config.load import config_to_dict
 from openvtp.errors import OpenVTPError
@@ -30,11 +27,12 @@ from openvtp.generation.latents import LatentDataset, load_latent_stats
 from openvtp.losses.flow import FlowMatchingLoss, sample_timesteps
 from openvtp.models.dit import LightningDiT
 from openvtp.runtime import dist
-from openvtp.runtime.precision import training_autocast
-from openvtp.runtime.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from openvtp.runtime.logger import time_limit_message
+from openvtp.runtime.checkpoint import checkpointer, load_checkpoint, open_run_dir, resolve_resume
 from openvtp.runtime.interrupt import quiet_worker
+from openvtp.runtime.logger import RunLogger
+from openvtp.runtime.precision import training_autocast
 from openvtp.runtime.run_folder import RunFolder
+from openvtp.runtime.steps import Step, run_steps
 
 log = logging.getLogger("openvtp.dit")
 
@@ -83,10 +81,12 @@ class StepBatches(Sampler):
 
 
 @torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model, parameter by parameter (DiT's update)."""
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, skip: torch.Tensor | None = None) -> None:
+    """ema = decay * ema + (1 - decay) * model, parameter by parameter (DiT's update); where `skip` (a 0-dim tensor)
+    is 1, the EMA stays as it is, decided on the device."""
     for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.mul_(decay).add_(pm.detach().float(), alpha=1 - decay)
+        new = torch.add(pe * decay, pm.detach().float(), alpha=1 - decay)
+        pe.copy_(new if skip is None else torch.where(skip > 0, pe, new))
 
 
 def dit_loss(cfg: GenerationConfig, model: LightningDiT, train_model: torch.nn.Module, loss_fn: FlowMatchingLoss,
@@ -110,30 +110,23 @@ def dit_loss(cfg: GenerationConfig, model: LightningDiT, train_model: torch.nn.M
 
 def dit_step(cfg: GenerationConfig, model: LightningDiT, train_model: torch.nn.Module, ema: torch.nn.Module,
              opt: torch.optim.Optimizer, loss_fn: FlowMatchingLoss, x: torch.Tensor, y: torch.Tensor, step: int,
-             device: torch.device, precision: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+             device: torch.device, precision: str) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """One optimiser step: `dit_loss`, backward, clipping (or only measuring the norm), AdamW, EMA.
-    Returns the terms and the grad norm, on the device."""
+
+    Returns the terms, the grad norm and `skip`, on the device: a step whose loss (on any rank) or gradient is not
+    finite leaves weights, moments and EMA as they were on every rank (the fused AdamW's `found_inf`), without a
+    host read."""
     terms = dit_loss(cfg, model, train_model, loss_fn, x, y, step, device, precision)
+    bad = (~torch.isfinite(terms["loss"].detach())).float()
     terms["loss"].backward()
     max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")  # inf: measure only
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    skip = ((dist.all_reduce_sum(bad) > 0) | ~torch.isfinite(grad_norm)).float()
+    opt.found_inf = skip
     opt.step()
     opt.zero_grad(set_to_none=True)
-    update_ema(ema, model, cfg.train.ema_decay)
-    return terms, grad_norm
-
-
-def _broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's flag on every rank, so that all ranks stop at the same step."""
-    if not dist.is_dist():
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    torch.distributed.broadcast(t, src=0)
-    return bool(t.item())
-
-
-def _config_yaml(cfg: GenerationConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    update_ema(ema, model, cfg.train.ema_decay, skip)
+    return terms, grad_norm, skip
 
 
 def build_dit_for_data(cfg: GenerationConfig, latent_shape: tuple[int, int, int]) -> tuple[LightningDiT, dict]:
@@ -147,13 +140,13 @@ def build_dit_for_data(cfg: GenerationConfig, latent_shape: tuple[int, int, int]
     return LightningDiT(**kwargs), kwargs
 
 
-def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | None = None) -> list[float]:
-    """Train (or resume) a DiT as `cfg` says; returns the loss of every step this call ran.
+def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict | None], None] | None = None) -> list[float]:
+    """Train (or resume) a DiT as `cfg` says; returns the loss of every step this call ran (averaged over ranks,
+    read from the device once per `train.log_every` steps).
 
-    callback(step, terms) runs on every rank after each optimiser step (step counts completed steps).
-    With train.time_limit_s > 0 the run stops after that long with a checkpoint; every rank
-    stops at the same step (rank 0's clock decides). The run folder, interrupts and early failures
-    behave as in pre-training (`RunFolder`).
+    callback(step, scalars) runs on every rank after each optimiser step (step counts completed steps; scalars are
+    the logged ones at log steps, None at the others). Checkpoints, signals, the time limit and non-finite steps
+    behave as in pre-training (`openvtp.runtime.steps`, `RunFolder`).
     """
     info = dist.info(cfg.train.device)
     validate(cfg, dist.world_size())
@@ -162,115 +155,83 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict], None] | Non
 
 
 def _train_dit(cfg: GenerationConfig, info: dist.DistInfo, run: RunFolder,
-               callback: Callable[[int, dict], None] | None) -> list[float]:
-    world, rank = dist.world_size(), dist.rank()
-    tc, device = cfg.train, info.device
+               callback: Callable[[int, dict | None], None] | None) -> list[float]:
+    tc, device, main = cfg.train, info.device, info.rank == 0
     run_dir = Path(tc.run_dir)
-    if not cfg.data.latents_dir:
-        raise OpenVTPError("config 'data.latents_dir' is empty: point it at the output of extract-latents")
-    if not Path(cfg.data.latents_dir).is_dir():
-        raise OpenVTPError(f"config 'data.latents_dir': {cfg.data.latents_dir} does not exist "
-                           "(write it with openvtp extract-latents)")
-
-    # data: latents normalised by the per-channel statistics
-    stats = load_latent_stats(cfg.data.stats or cfg.data.latents_dir)
-    data = LatentDataset(cfg.data.latents_dir, stats, cfg.data.latent_multiplier)
-    top = int(data.labels().max())
-    if top >= cfg.data.num_classes:
-        raise OpenVTPError(f"latents have label {top} but data.num_classes={cfg.data.num_classes}")
-
-    # model, EMA, optimiser
+    data, stats = latent_data(cfg)
     torch.manual_seed(tc.seed)
     model, kwargs = build_dit_for_data(cfg, data.latent_shape)
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
                             fused=True)
-    step = 0
-    resume = resolve_resume(run_dir, tc.resume)
-    if resume is not None:
-        state = load_checkpoint(resume)
-        if state.get("dit_kwargs") != kwargs:
-            raise OpenVTPError(f"{resume} was trained with model {state.get('dit_kwargs')}, "
-                               f"this config builds {kwargs}")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        step = int(state["step"])
-        log.info("resumed from %s at step %d", resume, step)
-    if dist.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(_config_yaml(cfg))
+    start = resume_dit(cfg, run_dir, kwargs, model, ema, opt)
+    config_yaml = open_run_dir(run_dir, cfg, main)
     train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
+        if info.world_size > 1 else model
     model.train()
-
     loss_fn = FlowMatchingLoss(cfg.flow.timestep_sampling, cfg.flow.lognorm_mu, cfg.flow.lognorm_sigma,
                                cfg.flow.cos_weight)
-    B = tc.batch_size
-    sampler = StepBatches(len(data), B, tc.seed, step, tc.steps, rank, world)
+    sampler = StepBatches(len(data), tc.batch_size, tc.seed, start, tc.steps, info.rank, info.world_size)
     loader = DataLoader(data, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda", worker_init_fn=quiet_worker)
-    writer = None
-    if tc.tensorboard and dist.is_main():
-        from torch.utils.tensorboard import SummaryWriter
+    logger = RunLogger(run_dir, tc.steps, start, enabled=main, desc="train dit", tensorboard=tc.tensorboard,
+                       progress=tc.progress)
+    run.on_exit(logger.close)
 
-        writer = SummaryWriter(str(run_dir / "tb"))
+    def state(at: int) -> dict:
+        return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": at,
+                "samples_seen": at * tc.batch_size, "rng": {"torch": torch.get_rng_state()},
+                "config": config_to_dict(cfg), "dit_kwargs": kwargs, "latent_stats": stats}
 
-    def save(at: int) -> None:
-        if dist.is_main():
-            state = {
-                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                "step": at, "samples_seen": at * B, "rng": {"torch": torch.get_rng_state()},
-                "config": config_to_dict(cfg), "dit_kwargs": kwargs, "latent_stats": stats,
-            }
-            path = save_checkpoint(run_dir, at, state, _config_yaml(cfg), tc.keep_last)
-            log.info("saved %s", path)
-        dist.barrier()
+    def step_fn(step: int, batch, log_due: bool) -> Step:
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        terms, grad_norm, skip = dit_step(cfg, model, train_model, ema, opt, loss_fn, x, y, step, device,
+                                          tc.precision)
+        terms = {k: v.detach() for k, v in terms.items()}
+        return Step(skip, dict(terms, grad_norm=grad_norm) if log_due else {}, {"lr": tc.lr}, loss=terms["loss"])
 
-    history: list[float] = []
-    t_start = time.perf_counter()
-    bar = tqdm(total=tc.steps, initial=step, desc="train dit", unit="step",
-               disable=not (tc.progress and dist.is_main()))
-    run.on_exit(bar.close)
-    if writer is not None:
-        run.on_exit(writer.close)
-    t_last, step_last = time.perf_counter(), step
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        terms, grad_norm = dit_step(cfg, model, train_model, ema, opt, loss_fn, x, y, step, device, tc.precision)
-        step += 1
-        # logging: terms averaged over ranks
-        values = dist.all_reduce_mean(torch.stack([v.detach().float() for v in terms.values()])).tolist()
-        terms = dict(zip(terms.keys(), values))
-        terms["grad_norm"] = float(grad_norm)
-        history.append(terms["loss"])
-        bar.update(1)
-        bar.set_postfix(loss=f"{terms['loss']:.4f}")
-        if step % tc.log_every == 0 or step == tc.steps:
-            now = time.perf_counter()
-            rate = (step - step_last) / max(now - t_last, 1e-9)
-            t_last, step_last = now, step
-            terms_s = " ".join(f"{k} {v:.4f}" for k, v in terms.items())
-            log.info("step %d/%d lr %.2e %s %.2f it/s %.1f img/s", step, tc.steps, tc.lr, terms_s, rate, rate * B)
-            if writer is not None:
-                for k, v in terms.items():
-                    writer.add_scalar(f"train/{k}", v, step)
-                writer.add_scalar("train/lr", tc.lr, step)
-                writer.add_scalar("train/steps_per_s", rate, step)
+    def after_step(done: int, scalars: dict | None, batch) -> None:
+        logger.step(done, scalars)
         if callback is not None:
-            callback(step, terms)
-        out_of_time = tc.time_limit_s > 0 and _broadcast_flag(time.perf_counter() - t_start > tc.time_limit_s, device)
-        stop = run.step_done()
-        if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or out_of_time or stop:
-            save(step)
-        if stop:
-            raise run.interrupted(stop, step)
-        if out_of_time and step < tc.steps:
-            log.warning("warning: %s: the run is incomplete", time_limit_message(tc.time_limit_s, step, tc.steps))
-            break
-    bar.close()
-    if writer is not None:
-        writer.close()
-    return history
+            callback(done, scalars)
+
+    ended = run_steps(run, tc, enumerate(loader, start), step_fn,
+                      checkpointer(run_dir, main, config_yaml, tc.keep_last, state), start=start,
+                      batch=tc.batch_size, device=device, out=run_dir, warn=logger.warn, after_step=after_step,
+                      keep_losses=True, hint="train.lr")
+    logger.close()
+    return ended.losses
+
+
+def latent_data(cfg: GenerationConfig) -> tuple[LatentDataset, dict]:
+    """The latents, normalised by their per-channel statistics, and those statistics; checked against the config."""
+    if not cfg.data.latents_dir:
+        raise OpenVTPError("config 'data.latents_dir' is empty: point it at the output of extract-latents")
+    if not Path(cfg.data.latents_dir).is_dir():
+        raise OpenVTPError(f"config 'data.latents_dir': {cfg.data.latents_dir} does not exist "
+                           "(write it with openvtp extract-latents)")
+    stats = load_latent_stats(cfg.data.stats or cfg.data.latents_dir)
+    data = LatentDataset(cfg.data.latents_dir, stats, cfg.data.latent_multiplier)
+    top = int(data.labels().max())
+    if top >= cfg.data.num_classes:
+        raise OpenVTPError(f"latents have label {top} but data.num_classes={cfg.data.num_classes}")
+    return data, stats
+
+
+def resume_dit(cfg: GenerationConfig, run_dir: Path, kwargs: dict, model: LightningDiT, ema: torch.nn.Module,
+               opt: torch.optim.Optimizer) -> int:
+    """Load the checkpoint `train.resume` names into model, EMA, optimiser and the torch RNG; the step it was at
+    (0 for a fresh run)."""
+    resume = resolve_resume(run_dir, cfg.train.resume)
+    if resume is None:
+        return 0
+    state = load_checkpoint(resume)
+    if state.get("dit_kwargs") != kwargs:
+        raise OpenVTPError(f"{resume} was trained with model {state.get('dit_kwargs')}, this config builds {kwargs}")
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    log.info("resumed from %s at step %d", resume, int(state["step"]))
+    return int(state["step"])

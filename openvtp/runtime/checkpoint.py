@@ -11,12 +11,14 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from openvtp.errors import OpenVTPError
 from openvtp.runtime.files import naming, temp_dir, temp_file
+
+from . import dist
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -45,6 +47,31 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 def write_json_atomic(data: dict, path: str | Path) -> None:
     """Summaries are read by people and scripts while runs go on: never a half-written one."""
     _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+
+
+def open_run_dir(out: Path, cfg: Any, main: bool) -> str:
+    """Create the run folder with its config.yaml (rank 0; every rank waits for it) and return that YAML, which
+    every checkpoint of the run carries."""
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(text)
+    dist.barrier()
+    return text
+
+
+def checkpointer(out: Path, main: bool, config_yaml: str, keep_last: int,
+                 state: Callable[[int], dict]) -> Callable[[int], None]:
+    """`save(step)`: on every rank (`state(step)` may be a collective, as FSDP's full state dicts are), rank 0
+    writes the checkpoint, and all ranks wait for it."""
+    def save(at: int) -> None:
+        full = state(at)
+        if main:
+            save_checkpoint(out, at, full, config_yaml, keep_last)
+        dist.barrier()
+    return save
 
 
 def save_checkpoint(run_dir: str | Path, step: int, state: dict, config_yaml: str, keep_last: int = 3) -> Path:

@@ -9,14 +9,13 @@ resume behave the same.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from openvtp.config.load import config_to_dict, save_config
+from openvtp.config.load import config_to_dict
 from openvtp.config.schema import FinetuneDecoderConfig, PretrainConfig, ReconConfig, validate_finetune
 from openvtp.errors import OpenVTPError
 from openvtp.losses import ReconstructionLoss
@@ -24,14 +23,16 @@ from openvtp.losses.gan import PatchDiscriminator, adaptive_weight, generator_ad
 from openvtp.models import VTPModel
 
 from openvtp.runtime import dist
-from openvtp.runtime.precision import training_autocast
-from openvtp.runtime.checkpoint import resolve_resume, restore_checkpoint, save_checkpoint
-from .data import build_loader
+from openvtp.runtime.checkpoint import checkpointer, open_run_dir, resolve_resume, restore_checkpoint
 from openvtp.runtime.logger import RunLogger
-from .optim import adamw, param_groups
+from openvtp.runtime.precision import training_autocast
 from openvtp.runtime.run_folder import RunFolder
+from openvtp.runtime.steps import Step, run_steps
+
+from .data import build_loader
+from .figures import grid_due, recon_grid
+from .optim import adamw, param_groups
 from .schedules import warmup_cosine
-from openvtp.runtime.steps import StepCounters, check_skipped_steps, end_step
 
 log = logging.getLogger("openvtp.train")
 
@@ -159,95 +160,84 @@ def finetune_decoder(cfg: FinetuneDecoderConfig) -> dict:
 
 def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunFolder) -> dict:
     model = load_stage1(cfg.init)
-    out = Path(cfg.train.out_dir)
-    main = info.rank == 0
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    dist.barrier()
-
+    out, main = Path(cfg.train.out_dir), info.rank == 0
+    config_yaml = open_run_dir(out, cfg, main)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     task = DecoderGAN(cfg, model).to(info.device)
     opt_g = adamw(param_groups(model.pixel_decoder, cfg.optim.weight_decay), cfg.optim)
-    disc_lr = cfg.gan.disc_lr or cfg.optim.lr
     # fused: its `found_inf` skips a non-finite update without a host read
-    opt_d = torch.optim.Adam(task.disc.parameters(), lr=disc_lr, betas=tuple(cfg.gan.disc_betas), fused=True)
+    opt_d = torch.optim.Adam(task.disc.parameters(), lr=cfg.gan.disc_lr or cfg.optim.lr,
+                             betas=tuple(cfg.gan.disc_betas), fused=True)
+    parts = {"decoder": model.pixel_decoder, "discriminator": task.disc, "opt_g": opt_g, "opt_d": opt_d}
     start = 0
     resume_from = resolve_resume(out, cfg.train.resume)
     if resume_from is not None:
-        start = restore_checkpoint(resume_from, {"decoder": model.pixel_decoder, "discriminator": task.disc,
-                                                  "opt_g": opt_g, "opt_d": opt_d})
+        start = restore_checkpoint(resume_from, parts)
         if main:
             log.info("resumed from %s at step %d", resume_from, start)
-
-    ddp = info.world_size > 1
     ids = [info.device.index] if info.device.type == "cuda" else None
-    decoder = DDP(model.pixel_decoder, device_ids=ids) if ddp else model.pixel_decoder
-    disc = DDP(task.disc, device_ids=ids) if ddp else task.disc
+    decoder, disc = ((DDP(m, device_ids=ids) if info.world_size > 1 else m) for m in (model.pixel_decoder, task.disc))
     pcfg = reconstruction_data_config(cfg, model)
     loader = build_loader(pcfg, info.rank, info.world_size, start)
-    logger = RunLogger(out, pcfg, start, enabled=main, desc="finetune-decoder")
+    logger = RunLogger(out, cfg.train.steps, start, enabled=main, desc="finetune-decoder")
     run.on_exit(logger.close)
-    config_yaml = (out / "config.yaml").read_text() if main else ""
-    heldout, before = None, {}
-    if main and cfg.data.source == "embedded":
-        from openvtp.data.scenes import CaptionedScenes
-        from openvtp.eval.embedded import reconstruction_psnr, stack_scenes
+    heldout, before = heldout_images(cfg, model) if main else (None, {})
 
-        heldout = stack_scenes(CaptionedScenes("heldout", size=model.config.image_size, length=cfg.eval.images,
-                                               seed=cfg.eval.seed), cfg.eval.images)["images"]
-        model.eval()
-        before = reconstruction_psnr(model, heldout)
+    def state(at: int) -> dict:
+        return {**{k: m.state_dict() for k, m in parts.items()}, "step": at, "config": config_to_dict(cfg)}
 
-    def checkpoint(at: int) -> None:
-        if main:
-            save_checkpoint(out, at, {"decoder": model.pixel_decoder.state_dict(), "discriminator": task.disc.state_dict(),
-                                      "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": at,
-                                      "config": config_to_dict(cfg)}, config_yaml, cfg.train.keep_last)
-        dist.barrier()
-
-    t_start, step, stopped = time.time(), start, None
-    task.train()
-    # Counters kept on the device between log steps: the host reads them, with the logged terms, in one sync.
-    counters = StepCounters(info.device, start, cfg.train.batch)
-    for batch in loader:
-        step = int(batch["step"])
-        log_due = logger.log_due(step + 1)
+    def step_fn(step: int, batch: dict, log_due: bool) -> Step:
         lr = warmup_cosine(step, cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
         for group in opt_g.param_groups:
             group["lr"] = lr
         images = batch["rec_images"].to(info.device, non_blocking=True)
         skip, terms = finetune_step(cfg, task, decoder, disc, opt_g, opt_d, images, step, info.device, log=log_due)
-        counters.add(skip, batch["skipped"].to(info.device))
-        done = step + 1
-        scalars = None
-        if log_due:
-            interval = counters.read(terms, done)
-            scalars = dict(interval.scalars, lr=lr)
-            check_skipped_steps(interval, done, cfg.train.max_bad_steps, logger.warn, checkpoint, out)
-        logger.step(done, scalars, model, batch)
-        stopped = end_step(run, cfg.train, done, log_due, t_start, info.device, checkpoint)
-        if stopped:
-            logger.warn(f"{stopped}: the run is incomplete, its figures are not the config's result")
-            break
+        return Step(skip, terms, {"lr": lr}, batch["skipped"].to(info.device))
 
+    def after_step(done: int, scalars: dict | None, batch: dict) -> None:
+        logger.step(done, scalars)
+        if main and grid_due(cfg.train, done, batch):
+            recon_grid(model, batch["rec_images"][:8], out / "images" / f"recon_{done:07d}.png")
+
+    task.train()
+    ended = run_steps(run, cfg.train, ((int(b["step"]), b) for b in loader), step_fn,
+                      checkpointer(out, main, config_yaml, cfg.train.keep_last, state), start=start,
+                      batch=cfg.train.batch, device=info.device, out=out, warn=logger.warn, after_step=after_step)
     summary: dict = {}
     if main:
         model.eval()
         model.save_pretrained(out / "tokenizer")
-        summary = logger.finish_basic(step + 1 if step >= start else start, stopped)
+        summary = logger.finish(ended.done, ended.stopped, {"tokenizer": str(out / "tokenizer")})
         summary["stage1"] = cfg.init
         if heldout is not None:
-            from openvtp.eval.embedded import embedded_recon_examples
-            from openvtp.eval.plots import image_grid
-
-            after = reconstruction_psnr(model, heldout)
-            summary["heldout"] = {"images": len(heldout), "psnr_stage1": before["psnr"], "psnr": after["psnr"],
-                                  "psnr_patch_mean_baseline": after["psnr_patch_mean_baseline"]}
-            image_grid(*embedded_recon_examples(model, 16, seed=cfg.eval.seed), out / "reconstructions.png", nrow=4)
-            summary["reconstructions"] = str(out / "reconstructions.png")
+            summary.update(heldout_after(model, heldout, before, cfg.eval.seed, out))
         logger.write_summary(summary)
     dist.barrier()
     return summary
+
+
+def heldout_images(cfg: FinetuneDecoderConfig, model: VTPModel) -> tuple[torch.Tensor | None, dict]:
+    """The embedded data's held-out images and stage 1's PSNR on them (other sources: none)."""
+    if cfg.data.source != "embedded":
+        return None, {}
+    from openvtp.data.scenes import CaptionedScenes
+    from openvtp.eval.embedded import reconstruction_psnr, stack_scenes
+
+    heldout = stack_scenes(CaptionedScenes("heldout", size=model.config.image_size, length=cfg.eval.images,
+                                           seed=cfg.eval.seed), cfg.eval.images)["images"]
+    model.eval()
+    return heldout, reconstruction_psnr(model, heldout)
+
+
+def heldout_after(model: VTPModel, heldout: torch.Tensor, before: dict, seed: int, out: Path) -> dict:
+    """What the summary records of the held-out images after stage 2, and their reconstruction picture."""
+    from openvtp.eval.embedded import embedded_recon_examples, reconstruction_psnr
+    from openvtp.eval.plots import image_grid
+
+    after = reconstruction_psnr(model, heldout)
+    image_grid(*embedded_recon_examples(model, 16, seed=seed), out / "reconstructions.png", nrow=4)
+    return {"heldout": {"images": len(heldout), "psnr_stage1": before["psnr"], "psnr": after["psnr"],
+                        "psnr_patch_mean_baseline": after["psnr_patch_mean_baseline"]},
+            "reconstructions": str(out / "reconstructions.png")}

@@ -7,26 +7,26 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from openvtp.config.load import config_to_dict, save_config
+from openvtp.config.load import config_to_dict
 from openvtp.config.schema import PretrainConfig, validate
 from openvtp.losses.ibot import mask_index
 from openvtp.models import VTPModel
 from openvtp.runtime import dist
-from openvtp.runtime.checkpoint import resolve_resume, save_checkpoint
+from openvtp.runtime.checkpoint import checkpointer, open_run_dir, resolve_resume
 from openvtp.runtime.logger import RunLogger
 from openvtp.runtime.precision import training_autocast
 from openvtp.runtime.run_folder import RunFolder
-from openvtp.runtime.steps import StepCounters, check_skipped_steps, end_step
+from openvtp.runtime.steps import Step, run_steps
 
 from . import parallel
 from .data import build_loader
+from .figures import grid_due, heldout_eval, recon_grid
 from .optim import adamw, clip_gradients, pretrain_param_groups, set_schedule, total_norm
 from .schedules import cosine, warmup_cosine
 from .task import PretrainTask
@@ -137,13 +137,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 
 def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
-    out = Path(cfg.train.out_dir)
-    main = info.rank == 0
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    dist.barrier()
-
+    out, main = Path(cfg.train.out_dir), info.rank == 0
+    config_yaml = open_run_dir(out, cfg, main)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -159,60 +154,55 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
         if main:
             log.info("resumed from %s at step %d", resume_from, start)
     loader = build_loader(cfg, info.rank, info.world_size, start, pin_memory=info.device.type == "cuda")
-    logger = RunLogger(out, cfg, start, enabled=main)
+    logger = RunLogger(out, cfg.train.steps, start, enabled=main)
     run.on_exit(logger.close)
 
-    step = start
-    stopped = None
-    t_start = time.time()
-    config_yaml = (out / "config.yaml").read_text() if main else ""
-    task.train()
-
-    def checkpoint(at: int) -> None:
+    def state(at: int) -> dict:
         task_state, opt_state = parallel.full_state_dicts(task, opt)
-        if main:
-            save_checkpoint(out, at, {"task": task_state, "optimizer": opt_state, "step": at,
-                                      "config": config_to_dict(cfg)}, config_yaml, cfg.train.keep_last)
-        dist.barrier()
+        return {"task": task_state, "optimizer": opt_state, "step": at, "config": config_to_dict(cfg)}
 
-    def rank0_model() -> VTPModel | None:
+    def rank0_model() -> VTPModel:
         """The model rank 0 draws, evaluates and exports; under FSDP a gathered copy (call on every rank)."""
         return parallel.full_model(task, cfg.model, info.device) if sharded else model
 
-    # Counters kept on the device between log steps: the host reads them, with the logged terms, in one sync.
-    counters = StepCounters(info.device, start, cfg.train.batch)
-    for batch in loader:
-        step = int(batch["step"])
-        log_due = logger.log_due(step + 1)
-        micro = [{k: v.to(info.device, non_blocking=True) for k, v in mb.items()}
-                 for mb in split_batch(batch, cfg.optim.accum_steps)]
+    def batches():
+        for batch in loader:
+            micro = [{k: v.to(info.device, non_blocking=True) for k, v in mb.items()}
+                     for mb in split_batch(batch, cfg.optim.accum_steps)]
+            yield int(batch["step"]), (micro, batch["skipped"])
+
+    def step_fn(step: int, item, log_due: bool) -> Step:
+        micro, skipped = item
         result = train_step(cfg, task, wrapped, opt, micro, step, info, log=log_due)
-        counters.add(result.skip, batch["skipped"].to(info.device))
+        host = dict(lr=result.lr, weight_decay=result.weight_decay)
+        if task.ssl is not None:
+            host["teacher_momentum"] = result.momentum
+        return Step(result.skip, result.terms, host, skipped.to(info.device))
 
-        done = step + 1
-        scalars = None
-        if log_due:
-            interval = counters.read(result.terms, done)
-            scalars = dict(interval.scalars, lr=result.lr, weight_decay=result.weight_decay)
-            if task.ssl is not None:
-                scalars["teacher_momentum"] = result.momentum
-            check_skipped_steps(interval, done, cfg.train.max_bad_steps, logger.warn, checkpoint, out)
+    def after_step(done: int, scalars: dict | None, item) -> None:
+        micro = item[0]
         eval_due = bool(cfg.eval.every) and done % cfg.eval.every == 0
-        shown = rank0_model() if logger.grid_due(done, micro[0]) or eval_due else model
-        logger.step(done, scalars, shown, micro[0])
+        shown = rank0_model() if grid_due(cfg.train, done, micro[0]) or eval_due else model
+        logger.step(done, scalars)
+        if main and grid_due(cfg.train, done, micro[0]):
+            recon_grid(shown, micro[0]["rec_images"][:8], out / "images" / f"recon_{done:07d}.png")
         if eval_due and main:
-            logger.quick_eval(done, shown, cfg)
-        del shown  # under FSDP a full copy of the model: not kept through the next step
-        stopped = end_step(run, cfg.train, done, log_due, t_start, info.device, checkpoint)
-        if stopped:
-            logger.warn(f"{stopped}: the run is incomplete, its figures are not the config's result")
-            break
+            heldout_eval(shown, cfg, logger, done)
 
-    summary = {}
+    task.train()
+    ended = run_steps(run, cfg.train, batches(), step_fn, checkpointer(out, main, config_yaml, cfg.train.keep_last,
+                                                                       state),
+                      start=start, batch=cfg.train.batch, device=info.device, out=out, warn=logger.warn,
+                      after_step=after_step)
     final = rank0_model()
+    summary = {}
     if main:
         final.eval()
         final.save_pretrained(out / "tokenizer")
-        summary = logger.finish(final, cfg, step + 1 if step >= start else start, stopped)
+        summary = logger.finish(ended.done, ended.stopped, {"tokenizer": str(out / "tokenizer")})
+        summary["objectives"] = {k: w for k, w in (("clip", cfg.clip.weight), ("ssl", cfg.ssl.weight),
+                                                   ("rec", cfg.recon.weight)) if w > 0}
+        summary.update(heldout_eval(final, cfg, logger, ended.done, final=True))
+        logger.write_summary(summary)
     dist.barrier()
     return summary

@@ -1,0 +1,44 @@
+"""What pre-training and stage 2 draw and evaluate while they run: reconstruction grids, held-out figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from openvtp.config.schema import PretrainConfig, TrainConfig
+from openvtp.runtime.logger import RunLogger
+
+
+def grid_due(train: TrainConfig, step: int, batch: dict) -> bool:
+    """Whether `step` draws a reconstruction grid (the same answer on every rank)."""
+    return bool(train.image_every) and step % train.image_every == 0 and "rec_images" in batch
+
+
+@torch.no_grad()
+def recon_grid(model, images: torch.Tensor, path: Path) -> None:
+    from openvtp.eval.plots import image_grid
+
+    was = model.training
+    model.eval()
+    rec = model.get_latents_decoded_images(model.get_reconstruction_latents(images))
+    model.train(was)
+    image_grid(model.denormalize(images).clamp(0, 1).float().cpu(), model.denormalize(rec).clamp(0, 1).float().cpu(),
+               path, nrow=4)
+
+
+def heldout_eval(model, cfg: PretrainConfig, logger: RunLogger, step: int, final: bool = False) -> dict:
+    """The held-out figures of the embedded data (zero-shot, probes, PSNR), in TensorBoard; with `final` also the
+    reconstruction picture, and what the summary records. Other data sources: nothing (`openvtp eval` measures)."""
+    if cfg.data.source != "embedded":
+        return {}
+    from openvtp.eval.embedded import embedded_eval, embedded_recon_examples
+    from openvtp.eval.plots import image_grid
+
+    res = embedded_eval(model, n_images=cfg.eval.images, seed=cfg.eval.seed, zero_shot=cfg.clip.weight > 0)
+    logger.scalars("eval", res, step)
+    if not final:
+        logger.bar.write(f"eval @ {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if k != "images"))
+        return res
+    orig, rec = embedded_recon_examples(model, 16, seed=cfg.eval.seed)
+    image_grid(orig, rec, logger.out / "reconstructions.png", nrow=4)
+    return {"heldout": res, "reconstructions": str(logger.out / "reconstructions.png")}
