@@ -11,7 +11,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from openvtp.generation import train as dit_train
 from openvtp.train import decoder_finetune, loop
+
+from .test_dit_train_step import dit_config
+from .test_dit_train_step import latents  # noqa: F401 (fixture)
 
 from .test_finetune_decoder import _config as finetune_config
 from .test_finetune_decoder import stage1  # noqa: F401 (fixture)
@@ -29,9 +33,10 @@ class HostReads(TorchDispatchMode):
     def __init__(self, loader_storages: set[int]):
         super().__init__()
         self.loader_storages, self.count = loader_storages, 0
+        self.in_loader = False  # the loader's own work (its sampler, in this process) runs on the host
 
     def counts(self, tensor: torch.Tensor) -> bool:
-        return tensor.untyped_storage().data_ptr() not in self.loader_storages
+        return not self.in_loader and tensor.untyped_storage().data_ptr() not in self.loader_storages
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in WAITING_OPS and self.counts(args[0]):
@@ -39,19 +44,27 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def host_reads(module, run, monkeypatch) -> int:
-    """Waiting calls made by `run()`, which runs the loop in `module` (its `build_loader` is watched)."""
+def host_reads(module, run, monkeypatch, loader: str = "build_loader") -> int:
+    """Waiting calls made by `run()`, which runs the loop in `module` (its `loader`, a function or a DataLoader
+    class, is watched)."""
     storages: set[int] = set()
+    mode = HostReads(storages)
     kept = []  # the loader's batches stay alive, so no later tensor takes one of their addresses
-    build = module.build_loader
+    build = getattr(module, loader)
 
     def watched_loader(*args, **kwargs):
-        for batch in build(*args, **kwargs):
-            storages.update(v.untyped_storage().data_ptr() for v in batch.values())
+        batches = iter(build(*args, **kwargs))
+        while True:
+            mode.in_loader = True
+            batch = next(batches, None)
+            mode.in_loader = False
+            if batch is None:
+                return
+            storages.update(v.untyped_storage().data_ptr() for v in (batch.values() if isinstance(batch, dict)
+                                                                       else batch))
             kept.append(batch)
             yield batch
 
-    mode = HostReads(storages)
     tolist = torch.Tensor.tolist
 
     def counted_tolist(self):
@@ -60,17 +73,17 @@ def host_reads(module, run, monkeypatch) -> int:
         return tolist(self)
 
     with monkeypatch.context() as m:
-        m.setattr(module, "build_loader", watched_loader)
+        m.setattr(module, loader, watched_loader)
         m.setattr(torch.Tensor, "tolist", counted_tolist)
         with mode:
             run()
     return mode.count
 
 
-def per_interval(module, run_for_steps, monkeypatch) -> int:
+def per_interval(module, run_for_steps, monkeypatch, loader: str = "build_loader") -> int:
     """Waiting calls that one more interval of `LOG_EVERY` steps adds to a run."""
-    three = host_reads(module, lambda: run_for_steps(3 * LOG_EVERY, "three"), monkeypatch)
-    two = host_reads(module, lambda: run_for_steps(2 * LOG_EVERY, "two"), monkeypatch)
+    three = host_reads(module, lambda: run_for_steps(3 * LOG_EVERY, "three"), monkeypatch, loader)
+    two = host_reads(module, lambda: run_for_steps(2 * LOG_EVERY, "two"), monkeypatch, loader)
     return three - two
 
 
@@ -91,3 +104,12 @@ def test_decoder_finetuning_reads_the_device_once_per_log_interval(stage1, tmp_p
             "gan.start_step=1", "data.workers=1"))
 
     assert per_interval(decoder_finetune, run, monkeypatch) == 1
+
+
+@pytest.mark.slow
+def test_dit_training_reads_the_device_once_per_log_interval(latents, tmp_path, monkeypatch):  # noqa: F811
+    def run(steps, name):
+        dit_train.train_dit(dit_config(latents, tmp_path / name, f"train.steps={steps}", f"train.log_every={LOG_EVERY}",
+                                       "train.ckpt_every=0", "data.num_workers=1"))
+
+    assert per_interval(dit_train, run, monkeypatch, loader="DataLoader") == 1

@@ -162,7 +162,7 @@ def validate(cfg: GenerationConfig, world_size: int = 1) -> None:
     _check(0 <= t.ema_decay <= 1, "train.ema_decay", "must be in [0, 1]")
     _check(t.log_every > 0, "train.log_every", "must be > 0")
     _check(t.ckpt_every >= 0, "train.ckpt_every", "must be >= 0")
-    _check(t.keep_last >= 1, "train.keep_last", "must be >= 1")
+    _check(t.keep_last >= 0, "train.keep_last", "must be >= 0 (0: keep every checkpoint)")
     _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
     _check(t.time_limit_s >= 0, "train.time_limit_s", "must be >= 0 (0 = no limit)")
     _check(t.precision in PRECISIONS, "train.precision", f"choose from {', '.join(PRECISIONS)}")
