@@ -121,7 +121,7 @@ def test_fid_command_folders_and_stats(tmp_path, capsys):
 @pytest.mark.slow  # rFID: random Inception on 2 x 6 images and one 2048 x 2048 sqrtm
 def test_eval_recon_rfid_with_random_inception(tmp_path):
     from openvtp.data.scenes import CaptionedScenes
-    from openvtp.eval.extract import quantise
+    from openvtp.data.image_io import quantize
     from openvtp.eval.fid import InceptionFeatures
 
     out = tmp_path / "out"
@@ -132,7 +132,7 @@ def test_eval_recon_rfid_with_random_inception(tmp_path):
     model = VTPModel.from_pretrained(SWIGLU).eval()
     x = torch.stack([CaptionedScenes("heldout", size=64, length=6, seed=0)[i]["image"] for i in range(6)])
     with torch.inference_mode():
-        rec = quantise(model.decode(model.encode(x.float() / 255)))
+        rec = quantize(model.decode(model.encode(x.float() / 255)))
     inception = InceptionFeatures("random", device="cpu", progress=False)
     fa, fb = inception(x).numpy(), inception(rec).numpy()
     ca, cb = fa - fa.mean(0), fb - fb.mean(0)

@@ -13,7 +13,7 @@ from openvtp.data.scenes import COLOURS, SHAPES, CaptionedScenes, colour_prompts
 from openvtp.data.shards import write_shards
 from openvtp.errors import OpenVTPError
 from openvtp.eval.datasets import open_data
-from openvtp.eval.extract import quantise
+from openvtp.data.image_io import quantize
 from openvtp.eval.suite import EvalOptions, evaluate, model_names, probe_batch_size
 from openvtp.eval.zero_shot import build_zero_shot_classifier
 from openvtp.models import VTPConfig, VTPModel
@@ -69,7 +69,7 @@ def test_embedded_numbers_match_direct_computation(embedded_run):
     items = [CaptionedScenes("heldout", size=64, length=12, seed=0)[i] for i in range(12)]
     x = torch.stack([it["image"] for it in items]).float() / 255
     with torch.inference_mode():
-        rec = quantise(model.decode(model.encode(x))).float() / 255
+        rec = quantize(model.decode(model.encode(x))).float() / 255
         psnr = (-10 * torch.log10((x - rec).pow(2).flatten(1).mean(1))).mean().item()
         img = model.encode_image(x)
         names, templates = colour_prompts()

@@ -9,7 +9,7 @@ from PIL import Image
 
 from openvtp.cli import main
 from openvtp.data.scenes import CaptionedScenes, colour_prompts
-from openvtp.eval.extract import quantise
+from openvtp.data.image_io import quantize
 from openvtp.eval.preprocess import random_resized_crop_flip
 from openvtp.eval.suite import EvalOptions, Suite, evaluate
 from openvtp.eval.vtp_protocol import (probe_crop_size, probe_epoch_length, probe_stream, recon_compute,
@@ -67,7 +67,7 @@ def test_embedded_numbers_match_vtp_scripts(vtp_run):
         img = model.get_clip_image_feature(xn)
     mse = ((x * 255 - rec * 255) ** 2).flatten(1).mean(1)
     psnr_float = (20 * torch.log10(255 / mse.sqrt())).mean().item()
-    psnr_8bit = (-10 * torch.log10((x - quantise(rec).float() / 255).pow(2).flatten(1).mean(1))).mean().item()
+    psnr_8bit = (-10 * torch.log10((x - quantize(rec).float() / 255).pow(2).flatten(1).mean(1))).mean().item()
     # VTP scores the float reconstructions, openvtp the saved 8-bit ones (far apart only for good reconstructions)
     assert res["recon"]["metrics"]["psnr"] == pytest.approx(psnr_float, abs=5e-6)
     assert abs(res["recon"]["metrics"]["psnr"] - psnr_8bit) > 2e-5
@@ -92,7 +92,7 @@ def test_vtp_recon_feeds_pytorch_fid_truncated_images():
             model.get_reconstruction_latents(model.normalize(images.float() / 255)))).clamp(0, 1)
     assert seen[0].dtype == torch.uint8 and seen[1].dtype == torch.uint8
     assert torch.equal(seen[1], (rec01 * 255).to(torch.uint8))  # truncated, as (x * 255).astype(np.uint8)
-    assert not torch.equal(seen[1], quantise(rec01))
+    assert not torch.equal(seen[1], quantize(rec01))
     assert (seen[0].int() - images.int()).abs().max() <= 1  # originals survive the round trip up to truncation
     assert set(out) == {"psnr", "psnr_patch_mean", "ssim", "inception_orig", "inception_recon"}
     assert torch.equal(truncate_uint8(torch.tensor([[0.99999, 0.5, 0.00001]])), torch.tensor([[254, 127, 0]],

@@ -25,9 +25,14 @@ def read_image(path: str | Path, size: int | tuple[int, int] | None = None, mode
         raise OpenVTPError(f"cannot read image {path}: {e.__class__.__name__}") from None
 
 
+def quantize(images01: torch.Tensor) -> torch.Tensor:
+    """Floats in [0, 1] -> uint8 pixels, rounded as PNG writers do (the one rule every saved or measured image uses)."""
+    return (images01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def to_uint8(images01: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) or (3, H, W) floats in [0, 1] -> uint8 NHWC / HWC array."""
-    x = (images01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    x = quantize(images01).cpu()
     return x.permute(*range(x.ndim - 3), -2, -1, -3).numpy()
 
 

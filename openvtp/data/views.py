@@ -16,6 +16,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from openvtp.constants import IMAGENET_MEAN, IMAGENET_STD
+from openvtp.data.image_io import quantize
 _BICUBIC = InterpolationMode.BICUBIC
 
 # Stream ids, so objectives that see the same sample at the same step draw independent views.
@@ -44,7 +45,7 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalised float -> uint8 pixels, e.g. for PNG grids of reconstructions."""
-    return (denormalize(x.float()).clamp(0, 1) * 255).round().to(torch.uint8)
+    return quantize(denormalize(x.float()))
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:

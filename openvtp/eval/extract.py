@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from openvtp.data.image_io import quantize
 from openvtp.errors import Interrupted, OpenVTPError
-from openvtp.runtime.precision import autocast
 from openvtp.runtime.interrupt import StopSignals, quiet_worker
+from openvtp.runtime.precision import autocast
 
 from .datasets import READ_ERRORS, EvalSet
 from .features import FeatureCache
@@ -80,9 +81,6 @@ def digest(obj) -> str:
 # ---------------------------------------------------------------------------- per-batch computations
 
 
-def quantise(images01: torch.Tensor) -> torch.Tensor:
-    """As saving to PNG does."""
-    return (images01.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def pass_compute(lm: LoadedModel, features: bool = True, recon: bool = False, lpips_net=None, inception=None,
@@ -118,11 +116,11 @@ def pass_compute(lm: LoadedModel, features: bool = True, recon: bool = False, lp
             if recon:  # as model.decode(model.encode(x)), reusing the trunk pass
                 lat = model.trunk.bottleneck(tokens[:, 1:])  # (B, N, C)
                 lat = lat.transpose(1, 2).reshape(len(x01), -1, x01.shape[-2] // p, x01.shape[-1] // p)
-                rec8 = quantise(model.denormalize(model.get_latents_decoded_images(lat).float()))
+                rec8 = quantize(model.denormalize(model.get_latents_decoded_images(lat).float()))
         out = {k: v.to(torch.float16 if k in HALF else torch.float32).cpu() for k, v in out.items()}
         if recon:
             rec = rec8.float().div(255)
-            base = quantise(patch_mean_baseline(x01, patch)).float().div(255)
+            base = quantize(patch_mean_baseline(x01, patch)).float().div(255)
             out["psnr"] = psnr(x01, rec).cpu()
             out["ssim"] = structural_similarity_index_measure(rec, x01, data_range=1.0, reduction="none").float().cpu()
             out["psnr_patch_mean"] = psnr(x01, base).cpu()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from openvtp.data.image_io import quantize
 from openvtp.errors import OpenVTPError
 from openvtp.eval.weights import cached_or_download, load_weights
 
@@ -40,7 +41,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
         return images
     if not images.is_floating_point():
         raise OpenVTPError(f"expected uint8 or float [0, 1] images, got dtype {images.dtype}")
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return quantize(images)
 
 
 def _build_inception() -> nn.Module:

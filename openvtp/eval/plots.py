@@ -10,6 +10,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend or display 
 from PIL import Image
 from torchvision.utils import make_grid
 
+from openvtp.data.image_io import to_uint8
 from openvtp.errors import OpenVTPError
 
 
@@ -21,7 +22,7 @@ def image_grid(originals01: torch.Tensor, recons01: torch.Tensor, path: str | Pa
     grid = make_grid(pairs.float().clamp(0, 1).cpu(), nrow=2 * nrow, padding=2, pad_value=1.0)  # (3, H', W')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((grid * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
+    Image.fromarray(to_uint8(grid)).save(path)
     return path
 
 

@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from openvtp.data.image_io import quantize
 from openvtp.data.text import VOCAB_SIZE
 from openvtp.errors import OpenVTPError
 from openvtp.runtime.precision import LABELS, autocast, resolve
 
 from .datasets import EvalData, EvalSet, open_data
-from .extract import LoadedModel, cached_pass, pass_compute, quantise
+from .extract import LoadedModel, cached_pass, pass_compute
 from .options import PREPROCESS_NAMES, TASKS, VTP_PREPROCESS, EvalOptions
 
 log = logging.getLogger(__name__)
@@ -468,7 +469,7 @@ class Suite:
             rec = lm.model.decode(lm.model.encode(x.to(lm.device))).float().cpu()
         path = self.out / f"recon_{lm.name}.png"
         tmp = path.with_name(f".{path.stem}.tmp.png")
-        image_grid(x, quantise(rec).float().div(255), tmp, nrow=4)
+        image_grid(x, quantize(rec).float().div(255), tmp, nrow=4)
         os.replace(tmp, path)
         return path.name
 

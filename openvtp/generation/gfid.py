@@ -23,11 +23,12 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from openvtp.data.image_io import to_uint8
 from openvtp.errors import OpenVTPError
 from openvtp.eval.fid import (FeatureExtractor, ImageSet, InceptionFeatures, feature_statistics, frechet_distance,
                               inception_score)
 from openvtp.generation.config import FIDConfig, SampleConfig, validate
-from openvtp.generation.sample import fid_labels, iter_samples, load_dit, load_tokenizer, to_uint8_hwc, write_npz
+from openvtp.generation.sample import fid_labels, iter_samples, load_dit, load_tokenizer, write_npz
 from openvtp.runtime import dist
 
 
@@ -121,7 +122,7 @@ def gfid(
         feats.append(batch_features(extractor, images))
         feats[-1]["index"] = idx.numpy()
         if save_npz:
-            kept.append(to_uint8_hwc(images))
+            kept.append(to_uint8(images))
             kept_idx.append(idx.numpy())
     # every rank's features in sample order: contiguous IS chunks must not depend on the number of processes
     feats = {k: _gather(np.concatenate([f[k] for f in feats])) for k in feats[0]}

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from openvtp.config.load import config_from_dict
+from openvtp.data.image_io import to_uint8
 from openvtp.errors import OpenVTPError
 from openvtp.generation import seeding
 from openvtp.generation.config import FID_LABELS, GenerationConfig, SampleConfig, validate
@@ -147,9 +148,6 @@ def denormalize(latents: torch.Tensor, stats: dict, multiplier: float = 1.0) -> 
     return latents / multiplier * std + mean
 
 
-def to_uint8_hwc(images01: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, rounded as PNG writers do."""
-    return (images01.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -212,7 +210,7 @@ def save_grid(images01: torch.Tensor, path: str | Path, nrow: int | None = None)
     grid = make_grid(images01.float().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8_hwc(grid[None])[0]).save(path)
+    Image.fromarray(to_uint8(grid[None])[0]).save(path)
     return path
 
 
@@ -279,7 +277,7 @@ def sample(
     images, index = [], []
     for idx, _, batch in iter_samples(model, decoder.decode, stats, labels, scfg, cfg.data.latent_multiplier,
                                       mine, progress and dist.is_main()):
-        arr = to_uint8_hwc(batch)
+        arr = to_uint8(batch)
         if scfg.save_png:
             for i, a in zip(idx.tolist(), arr):
                 Image.fromarray(a).save(png_dir / f"{i:06d}.png")
