@@ -273,3 +273,31 @@ def skipped_total(batch: dict) -> int:
     """Samples dropped before those in `batch` (sum of its "skipped" entries)."""
     s = batch.get("skipped", 0)
     return int(s.sum()) if isinstance(s, torch.Tensor) else int(np.sum(s))
+
+
+def index_tars(urls: list[str], use: str) -> list[tuple[int, str, dict[str, tuple[int, int]]]]:
+    """(tar position, key, {ext: (offset, size)}) of every sample of local uncompressed tars, in tar order: random
+    access by seeking, for the commands that need it (latent extraction, evaluation). `use` names the command in
+    errors."""
+    samples = []
+    for t, url in enumerate(urls):
+        if not _is_local(url):
+            raise OpenVTPError(f"{use} reads local .tar files only, not {url}")
+        groups: dict[str, dict[str, tuple[int, int]]] = {}
+        try:
+            with tarfile.open(url, "r:") as tar:  # plain tar: members are seekable
+                for info in tar:
+                    key, ext = wds.tariterators.base_plus_ext(info.name) if info.isreg() else (None, None)
+                    if key is not None and not os.path.basename(key).startswith("__"):
+                        groups.setdefault(key, {})[ext.lower()] = (info.offset_data, info.size)
+        except (tarfile.TarError, OSError) as e:
+            raise OpenVTPError(f"{use}: cannot index {url} (it needs uncompressed tars): {e}") from None
+        samples += [(t, key, members) for key, members in groups.items()]
+    return samples
+
+
+def read_member(url: str, where: tuple[int, int]) -> bytes:
+    """The bytes of one tar member at (offset, size)."""
+    with open(url, "rb") as f:
+        f.seek(where[0])
+        return f.read(where[1])

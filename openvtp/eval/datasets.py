@@ -24,7 +24,6 @@ import hashlib
 import io
 import os
 import re
-import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -271,44 +270,23 @@ def _caption_file(path: Path) -> EvalSet:
                    _digest("captions", path, path.stat().st_mtime_ns, len(order)))
 
 
-_SHARD_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
 def _index_shards(spec: str) -> EvalSet:
-    """Index local uncompressed webdataset tars: per sample the image's (tar, offset, size), caption, optional class."""
-    import webdataset as wds
-
-    from openvtp.data.shards import expand_urls
+    """Local uncompressed webdataset tars, indexed: per sample the image's (tar, offset, size), caption, optional
+    class; samples without an image or a caption are counted as unusable."""
+    from openvtp.data.shards import IMAGE_KEYS, expand_urls, index_tars, read_member
 
     urls = expand_urls(spec)
     keys, captions, classes, skipped = [], [], [], 0
-    for url in urls:
-        if "://" in url or url.startswith("pipe:"):
-            raise OpenVTPError(f"shards: evaluation reads local .tar files only, not {url}")
-        groups: dict[str, dict] = {}
-        try:
-            with tarfile.open(url, "r:") as tar:  # plain tar: members are seekable
-                for info in tar:
-                    if not info.isreg():
-                        continue
-                    key, ext = wds.tariterators.base_plus_ext(info.name)
-                    if key is None or os.path.basename(key).startswith("__"):
-                        continue
-                    entry = groups.setdefault(key, {})
-                    ext = ext.lower()
-                    if ext in ("txt", "cls"):
-                        entry[ext] = tar.extractfile(info).read().decode("utf-8", "replace").strip()
-                    elif ext in _SHARD_IMAGE_EXTS:
-                        entry["image"] = (info.offset_data, info.size)
-        except (tarfile.TarError, OSError) as e:
-            raise OpenVTPError(f"shards: cannot index {url} (evaluation needs uncompressed tars): {e}") from None
-        for key, entry in groups.items():
-            if "image" not in entry or not entry.get("txt"):
-                skipped += 1
-                continue
-            keys.append((url, key, *entry["image"]))
-            captions.append([entry["txt"]])
-            classes.append(entry.get("cls"))
+    for t, key, members in index_tars(urls, "evaluation"):
+        image = next((members[e] for e in IMAGE_KEYS if e in members), None)
+        text = {e: read_member(urls[t], members[e]).decode("utf-8", "replace").strip()
+                for e in ("txt", "cls") if e in members}
+        if image is None or not text.get("txt"):
+            skipped += 1
+            continue
+        keys.append((urls[t], key, *image))
+        captions.append([text["txt"]])
+        classes.append(text.get("cls"))
     if not keys:
         raise OpenVTPError(f"shards: no samples with an image and a caption in {spec}")
     labelsets = {}
@@ -320,11 +298,10 @@ def _index_shards(spec: str) -> EvalSet:
 
 
 def _read_shard_image(key: tuple) -> Image.Image:
+    from openvtp.data.shards import read_member
+
     url, _, offset, size = key
-    with open(url, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
-    return read_file(io.BytesIO(data))
+    return read_file(io.BytesIO(read_member(url, (offset, size))))
 
 
 # ---------------------------------------------------------------------------- entry point

@@ -9,14 +9,12 @@ decoding follow `openvtp.data`: `key.jpg|jpeg|png|webp`, optional `key.txt` capt
 from __future__ import annotations
 
 import os
-import tarfile
 from pathlib import Path
 
 from torch.utils.data import Dataset
-from webdataset.tariterators import base_plus_ext
 
 from openvtp.data.images import decode_image
-from openvtp.data.shards import IMAGE_KEYS, expand_urls
+from openvtp.data.shards import IMAGE_KEYS, expand_urls, index_tars
 from openvtp.errors import OpenVTPError
 
 LABELS = ("shape", "shape_colour")  # embedded scenes: condition on shape (7) or on (shape, colour) (49)
@@ -30,25 +28,9 @@ class IndexedTars(Dataset):
 
     def __init__(self, urls: str | list[str]):
         self.urls = expand_urls(urls)
-        self.samples: list[tuple[int, dict[str, tuple[int, int]]]] = []  # (tar, ext -> (offset, size))
-        self.skipped = 0
-        for t, url in enumerate(self.urls):
-            if "://" in url or url.startswith("pipe:"):
-                raise OpenVTPError(f"extraction reads local tar files only, got {url}")
-            groups: dict[str, dict[str, tuple[int, int]]] = {}
-            try:
-                with tarfile.open(url, "r:") as tar:
-                    for info in tar:
-                        key, ext = base_plus_ext(info.name) if info.isreg() else (None, None)
-                        if key is not None and not os.path.basename(key).startswith("__"):
-                            groups.setdefault(key, {})[ext.lower()] = (info.offset_data, info.size)
-            except (tarfile.TarError, OSError) as e:
-                raise OpenVTPError(f"cannot index shard {url}: {e}") from None
-            for members in groups.values():
-                if any(e in members for e in IMAGE_KEYS):
-                    self.samples.append((t, members))
-                else:
-                    self.skipped += 1
+        indexed = index_tars(self.urls, "extraction")
+        self.samples = [(t, members) for t, _, members in indexed if any(e in members for e in IMAGE_KEYS)]
+        self.skipped = len(indexed) - len(self.samples)
         if not self.samples:
             raise OpenVTPError(f"no images in the shards {urls!r}")
         self._files: dict[int, object] = {}
