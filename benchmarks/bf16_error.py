@@ -24,7 +24,7 @@ from openvtp.runtime.precision import autocast
 def images(kind: str, num: int, size: int) -> torch.Tensor:
     """(num, 3, size, size) in [0, 1]: held-out embedded scenes, or uniform noise (seed 0)."""
     if kind == "embedded":
-        from openvtp.data.scenes import CaptionedScenes
+        from openvtp.demo.scenes import CaptionedScenes
 
         scenes = CaptionedScenes("heldout", size=size, length=num, seed=0)
         return torch.stack([scenes[i]["image"] for i in range(num)]).float() / 255

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from openvtp.config.load import load_config
-from openvtp.data.scenes import COLOURS, SHAPES
+from openvtp.demo.scenes import COLOURS, SHAPES
 from openvtp.generation.config import GenerationConfig, validate
 from openvtp.generation.latents import extract_latents
 from openvtp.generation.sources import open_source

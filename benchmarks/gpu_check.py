@@ -36,7 +36,7 @@ from peak import counted_flops, gemm_peak, seconds_per_call, sync
 from openvtp.cli import distributed
 from openvtp.config.load import load_config, preset_names
 from openvtp.config.schema import PretrainConfig, validate
-from openvtp.data.scenes import CaptionedScenes
+from openvtp.demo.scenes import CaptionedScenes
 from openvtp.generation import seeding
 from openvtp.generation.config import GenerationConfig, validate as validate_generation
 from openvtp.generation.train import build_dit_for_data, dit_loss, dit_step

@@ -25,8 +25,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from openvtp.data.scenes import COLOURS, SHAPES, CaptionedScenes, shape_prompts
-from openvtp.eval.embedded import stack_scenes
+from openvtp.demo.scenes import COLOURS, SHAPES, CaptionedScenes, shape_prompts
+from openvtp.demo.heldout import stack_scenes
 from openvtp.eval.zero_shot import build_zero_shot_classifier, zero_shot_accuracy
 from openvtp.models import VTPModel
 

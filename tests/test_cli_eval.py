@@ -120,7 +120,7 @@ def test_fid_command_folders_and_stats(tmp_path, capsys):
 
 @pytest.mark.slow  # rFID: random Inception on 2 x 6 images and one 2048 x 2048 sqrtm
 def test_eval_recon_rfid_with_random_inception(tmp_path):
-    from openvtp.data.scenes import CaptionedScenes
+    from openvtp.demo.scenes import CaptionedScenes
     from openvtp.data.image_io import quantize
     from openvtp.eval.fid import InceptionFeatures
 

@@ -80,7 +80,7 @@ def test_extract_train_sample_gfid(work, capsys, monkeypatch):
     monkeypatch.setattr(gfid_module, "InceptionFeatures", FirstDims)
     ref = work / "ref"
     ref.mkdir()
-    from openvtp.data.scenes import CaptionedScenes
+    from openvtp.demo.scenes import CaptionedScenes
 
     scenes = CaptionedScenes("heldout", 64, 8)
     for i in range(8):
@@ -224,8 +224,8 @@ def test_bad_input_is_one_line(work, tmp_path, capsys, argv, message):
 
 @pytest.mark.slow
 def test_generation_demo_writes_its_files(work, tmp_path):
-    from openvtp.generation.demo import run_generation_demo
-    from openvtp.generation.demo_config import GenerationDemoConfig
+    from openvtp.demo.generation import run_generation_demo
+    from openvtp.demo.generation_config import GenerationDemoConfig
 
     demo = GenerationDemoConfig(num_images=48, judge_steps=20, eval_samples=40, reference_images=64, grid_per_class=1)
     summary = run_generation_demo(work / "tok", tmp_path, demo, progress=False, dit_overrides=(

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from openvtp.data.mixture import Mixture
-from openvtp.data.photos import NaturalPhotos, photo_list
-from openvtp.data.scenes import (
+from openvtp.demo.photos import NaturalPhotos, photo_list
+from openvtp.demo.scenes import (
     COLOURS,
     SHAPES,
     UNSEEN_IDS,
@@ -97,7 +97,7 @@ def test_other_sizes(size):
 
 def test_object_colour_dominates_its_pixels():
     """The named colour is present: some pixels lie close to the canonical RGB."""
-    from openvtp.data.scenes import COLOUR_RGB
+    from openvtp.demo.scenes import COLOUR_RGB
 
     ds = CaptionedScenes(size=64, length=40)
     for i in range(len(ds)):

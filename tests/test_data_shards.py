@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from openvtp.data import shards
-from openvtp.data.scenes import CaptionedScenes
+from openvtp.demo.scenes import CaptionedScenes
 from openvtp.data.shards import ShardDataset, skipped_total, write_shards
 from openvtp.errors import OpenVTPError
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from openvtp.data.scenes import CaptionedScenes
+from openvtp.demo.scenes import CaptionedScenes
 from openvtp.data.views import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -8,7 +8,7 @@ import torch
 
 import openvtp.generation.train as dit_train
 from openvtp.config.load import load_config
-from openvtp.data.scenes import CaptionedScenes
+from openvtp.demo.scenes import CaptionedScenes
 from openvtp.errors import OpenVTPError
 from openvtp.generation.config import GenerationConfig
 from openvtp.generation.latents import extract_latents

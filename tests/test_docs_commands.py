@@ -11,7 +11,7 @@ import pytest
 from openvtp.cli import build_parser, main
 from openvtp.config.schema import FinetuneDecoderConfig, PretrainConfig
 from openvtp.generation.config import GenerationConfig
-from openvtp.generation.demo_config import GenerationDemoConfig
+from openvtp.demo.generation_config import GenerationDemoConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_PREFIXES = {"decoder.": FinetuneDecoderConfig, "dit.": GenerationConfig, "generation.": GenerationDemoConfig}

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import openvtp.eval.suite as suite_mod
-from openvtp.data.scenes import COLOURS, SHAPES, CaptionedScenes, colour_prompts
+from openvtp.demo.scenes import COLOURS, SHAPES, CaptionedScenes, colour_prompts
 from openvtp.data.shards import write_shards
 from openvtp.errors import OpenVTPError
 from openvtp.eval.datasets import open_data

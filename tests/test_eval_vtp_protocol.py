@@ -8,7 +8,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from openvtp.cli import main
-from openvtp.data.scenes import CaptionedScenes, colour_prompts
+from openvtp.demo.scenes import CaptionedScenes, colour_prompts
 from openvtp.data.image_io import quantize
 from openvtp.eval.preprocess import random_resized_crop_flip
 from openvtp.eval.suite import EvalOptions, Suite, evaluate

@@ -8,10 +8,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from openvtp.config.load import load_config
-from openvtp.data.scenes import CaptionedScenes
+from openvtp.demo.scenes import CaptionedScenes
 from openvtp.errors import OpenVTPError
 from openvtp.eval.fid import InceptionFeatures
-from openvtp.generation.attribute_probe import generation_quality, render, train_attribute_probe
+from openvtp.demo.judge import generation_quality, render, train_attribute_probe
 from openvtp.generation.config import GenerationConfig, SampleConfig
 from openvtp.generation.gfid import gfid
 from openvtp.generation.latents import (LatentDataset, compute_latent_stats, extract_latents,

@@ -186,7 +186,7 @@ def test_extraction_interrupted_inside_a_shard_resumes_to_the_same_latents(tmp_p
     """SIGTERM raised while batch 2 is read: the shard's first part is kept and the next run finishes it."""
     from safetensors.torch import load_file
 
-    from openvtp.data.scenes import CaptionedScenes
+    from openvtp.demo.scenes import CaptionedScenes
     from openvtp.errors import Interrupted
     from openvtp.generation.latents import extract_latents
     from openvtp.models import VTPConfig, VTPModel
@@ -225,7 +225,7 @@ def test_extraction_interrupted_inside_a_shard_resumes_to_the_same_latents(tmp_p
 
 def test_train_dit_stops_on_sigterm_and_resumes_with_the_same_losses(tmp_path):
     from openvtp.config.load import load_config
-    from openvtp.data.scenes import CaptionedScenes
+    from openvtp.demo.scenes import CaptionedScenes
     from openvtp.errors import Interrupted
     from openvtp.generation.config import GenerationConfig
     from openvtp.generation.latents import extract_latents

@@ -156,7 +156,7 @@ def test_the_judge_is_trained_on_its_thread_count_whoever_calls_it(tmp_path):
     judge's convolutions would round otherwise than in `openvtp demo`, and every figure would move."""
     import torch
 
-    from openvtp.generation.attribute_probe import cached_attribute_probe
+    from openvtp.demo.judge import cached_attribute_probe
 
     previous = torch.get_num_threads()
     try:

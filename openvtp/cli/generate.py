@@ -157,8 +157,8 @@ def cmd_gfid(args) -> None:
 
 def cmd_demo_generation(args) -> None:
     from openvtp.config.load import load_config
-    from openvtp.experiments.demo import dit_config, split_overrides
-    from openvtp.generation.demo_config import GenerationDemoConfig
+    from openvtp.demo.run import dit_config, split_overrides
+    from openvtp.demo.generation_config import GenerationDemoConfig
 
     parts = split_overrides(args.overrides)
     if parts["pretrain"] or parts["decoder"]:
@@ -169,7 +169,7 @@ def cmd_demo_generation(args) -> None:
     if not Path(args.tokenizer).is_dir():
         raise OpenVTPError(f"tokenizer folder not found: {args.tokenizer} (run openvtp demo first)")
     output_folder(args.out, "--out")
-    from openvtp.generation.demo import run_generation_demo
+    from openvtp.demo.generation import run_generation_demo
 
     summary = run_generation_demo(args.tokenizer, args.out, demo, seed=args.seed, dit_overrides=parts["dit"])
     f = summary["figures"]

@@ -33,13 +33,13 @@ def cmd_demo(args) -> None:
     """The main job on the embedded data: pre-train the `demo` preset (stage 1), fine-tune its decoder
     (stage 2, `decoder-demo`), train a DiT on the latents (`dit-demo`) and judge its samples; every
     config is validated before any work starts."""
-    from openvtp.experiments.demo import plan_demo, report
+    from openvtp.demo.run import plan_demo, report
 
     plan = plan_demo(args.out, args.overrides)
     if args.print_config:
         return _print_plan(plan)
     output_folder(plan.out, "--out")
-    from openvtp.experiments.demo import run_demo
+    from openvtp.demo.run import run_demo
 
     summary = run_demo(plan)
     print("\n" + "\n".join(report(summary, plan.out)))
@@ -48,7 +48,7 @@ def cmd_demo(args) -> None:
 
 
 def _print_plan(plan, **extra) -> None:
-    from openvtp.experiments.demo import dit_config
+    from openvtp.demo.run import dit_config
 
     stages = {"pretrain": plan.pretrain, "decoder": plan.decoder, "generation": plan.generation}
     if plan.generation.enabled:
@@ -59,7 +59,7 @@ def _print_plan(plan, **extra) -> None:
 def _demo_epilog() -> str:
     from dataclasses import fields
 
-    from openvtp.generation.demo_config import GenerationDemoConfig
+    from openvtp.demo.generation_config import GenerationDemoConfig
 
     keys = "\n".join(f"  generation.{f.name}={str(f.default).lower() if isinstance(f.default, bool) else f.default}"
                      for f in fields(GenerationDemoConfig))
@@ -85,7 +85,7 @@ def cmd_study(args) -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     steps, seeds = _int_list(args.tokenizer_steps, "--tokenizer-steps"), _int_list(args.seeds, "--seeds")
     if args.print_config:
-        from openvtp.experiments.demo import plan_demo
+        from openvtp.demo.run import plan_demo
         from openvtp.experiments.study import VARIANTS, cell_overrides, check_overrides, study_cells
 
         check_overrides(args.overrides)

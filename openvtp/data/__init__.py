@@ -1,4 +1,4 @@
-"""Data: embedded scenes and photos, webdataset shards, image folders, views, masks, tokens.
+"""Data: webdataset shards, image folders, views, masks, tokens (the embedded scenes and photos: `openvtp.demo`).
 
 Every dataset yields dicts {"image": uint8 (3, H, W) RGB, "caption": str, "key": str} plus
 optional integer labels; views turn images into normalised float tensors.
@@ -6,8 +6,6 @@ optional integer labels; views turn images into normalised float tensors.
 from openvtp.data.folders import CaptionFolder, ClassFolder
 from openvtp.data.masking import batch_masks, block_mask, mask_ratios
 from openvtp.data.mixture import Mixture
-from openvtp.data.photos import NaturalPhotos, photo_list
-from openvtp.data.scenes import COLOURS, SHAPES, UNSEEN_PAIRS, CaptionedScenes, colour_prompts, shape_prompts
 from openvtp.data.shards import ShardDataset, write_shards
 from openvtp.data.text import tokenize
 from openvtp.data.views import (
@@ -23,8 +21,7 @@ from openvtp.data.views import (
 )
 
 __all__ = [
-    "CaptionFolder", "ClassFolder", "batch_masks", "block_mask", "mask_ratios", "Mixture", "NaturalPhotos",
-    "photo_list", "COLOURS", "SHAPES", "UNSEEN_PAIRS", "CaptionedScenes", "colour_prompts", "shape_prompts",
-    "ShardDataset", "write_shards", "tokenize", "IMAGENET_MEAN", "IMAGENET_STD", "MultiCrop", "center_view",
-    "contrastive_view", "denormalize", "normalize", "reconstruction_view", "sample_generator",
+    "CaptionFolder", "ClassFolder", "batch_masks", "block_mask", "mask_ratios", "Mixture", "ShardDataset",
+    "write_shards", "tokenize", "IMAGENET_MEAN", "IMAGENET_STD", "MultiCrop", "center_view", "contrastive_view",
+    "denormalize", "normalize", "reconstruction_view", "sample_generator",
 ]

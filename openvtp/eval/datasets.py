@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from openvtp.data.registry import provider
 from openvtp.errors import OpenVTPError
 
 from .options import DEFAULT_PREPROCESS, PREPROCESS_METHODS, check_data_spec, is_shards
 from .preprocess import adm_center_crop, resize_center_crop, squash_resize
 
-EMBEDDED_TEST, EMBEDDED_TRAIN = 500, 1000  # default embedded split sizes: the whole suite in ~1 min on 2 cores
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _SYNSET = re.compile(r"^n\d{8}$")
@@ -85,7 +85,7 @@ class EvalSet:
             keys=[self.keys[i] for i in keep],
             labelsets={k: replace(ls, labels=ls.labels[idx]) for k, ls in self.labelsets.items()},
             captions=[self.captions[i] for i in keep] if self.captions is not None else None,
-            fingerprint=_digest(self.fingerprint, f"subset {limit} seed {seed}"),
+            fingerprint=digest(self.fingerprint, f"subset {limit} seed {seed}"),
         )
 
     def where(self, pos: int) -> str:
@@ -138,7 +138,7 @@ class EvalData:
         return out
 
 
-def _digest(*parts: object) -> str:
+def digest(*parts: object) -> str:
     return hashlib.sha1("\n".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
@@ -156,28 +156,6 @@ def read_lines_file(path: str | os.PathLike, what: str) -> list[str]:
     if not lines:
         raise OpenVTPError(f"{what} file {path} is empty")
     return lines
-
-
-# ---------------------------------------------------------------------------- embedded scenes
-
-
-def embedded_split(split: str, n: int, size: int, seed: int) -> EvalSet:
-    """Scenes rendered at `size`; "test" = held-out scenes of unseen (shape, colour) pairs."""
-    from openvtp.data.scenes import COLOUR_TEMPLATES, COLOURS, SHAPE_TEMPLATES, SHAPES, CaptionedScenes
-
-    ds = CaptionedScenes("heldout" if split == "test" else "train", size=size, length=n, seed=seed)
-    items = [ds[i] for i in range(n)]
-    images = torch.stack([it["image"] for it in items])  # (N, 3, S, S) uint8
-    labelsets = {
-        "shape": LabelSet("shape", torch.tensor([it["shape"] for it in items]), list(SHAPES), list(SHAPE_TEMPLATES),
-                          "scene shape names", f"{len(SHAPE_TEMPLATES)} scene shape templates"),
-        "colour": LabelSet("colour", torch.tensor([it["colour"] for it in items]), list(COLOURS),
-                           list(COLOUR_TEMPLATES), "scene colour names",
-                           f"{len(COLOUR_TEMPLATES)} scene colour templates"),
-    }
-    what = "held-out scenes, unseen (shape, colour) pairs" if split == "test" else "train scenes"
-    return EvalSet(f"embedded {what}, seed {seed}", ds.split, list(range(n)), images.__getitem__, labelsets,
-                   [[it["caption"]] for it in items], _digest("embedded", ds.split, seed, n, size))
 
 
 # ---------------------------------------------------------------------------- folders
@@ -218,7 +196,7 @@ def _class_folder(root: Path, split: str) -> EvalSet:
     from .zero_shot import imagenet_templates
 
     ls = LabelSet("class", labels, names, imagenet_templates(), source, "80 OpenAI ImageNet templates")
-    return EvalSet(str(root), split, paths, read_file, {"class": ls}, None, _digest("classfolder", root, *paths),
+    return EvalSet(str(root), split, paths, read_file, {"class": ls}, None, digest("classfolder", root, *paths),
                    class_dirs=list(folder.class_dirs))
 
 
@@ -230,7 +208,7 @@ def _image_folder(root: Path) -> EvalSet:
     paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in _IMAGE_EXTS)
     if not paths:
         raise OpenVTPError(f"no images ({', '.join(_IMAGE_EXTS)}) in {root}")
-    return EvalSet(str(root), "all", paths, read_file, {}, None, _digest("imagefolder", root, *paths))
+    return EvalSet(str(root), "all", paths, read_file, {}, None, digest("imagefolder", root, *paths))
 
 
 def _folder_data(root: Path) -> EvalData:
@@ -267,7 +245,7 @@ def _caption_file(path: Path) -> EvalSet:
     if all(label is not None for label in labels):
         labelsets["label"] = LabelSet("label", torch.tensor(labels))
     return EvalSet(str(path), "test", list(order), read_file, labelsets, captions,
-                   _digest("captions", path, path.stat().st_mtime_ns, len(order)))
+                   digest("captions", path, path.stat().st_mtime_ns, len(order)))
 
 
 def _index_shards(spec: str) -> EvalSet:
@@ -293,7 +271,7 @@ def _index_shards(spec: str) -> EvalSet:
     if all(c is not None and c.lstrip("-").isdigit() for c in classes):
         labelsets["label"] = LabelSet("label", torch.tensor([int(c) for c in classes]))
     stamp = [f"{u}:{os.path.getsize(u)}:{os.path.getmtime(u)}" for u in urls]
-    return EvalSet(spec, "test", keys, _read_shard_image, labelsets, captions, _digest("shards", *stamp),
+    return EvalSet(spec, "test", keys, _read_shard_image, labelsets, captions, digest("shards", *stamp),
                    unusable=skipped)
 
 
@@ -327,9 +305,7 @@ def open_data(
     check_data_spec(spec, train_spec, classnames)
     train_limit = limit if train_limit is None else train_limit
     if spec == "embedded":
-        test = embedded_split("test", limit or EMBEDDED_TEST, size, seed)
-        train = embedded_split("train", train_limit or EMBEDDED_TRAIN, size, seed + 1)
-        data = EvalData("embedded", "embedded scenes", test, train, {k: "none" for k in DEFAULT_PREPROCESS})
+        data = provider("embedded").eval_data(size, limit, train_limit, seed)
     else:
         path = Path(spec)
         if path.is_dir():

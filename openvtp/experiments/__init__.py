@@ -1,1 +1,2 @@
-"""Experiments that chain the stages: the demo (`openvtp demo`) and, on top of it, the study."""
+"""The experiment VTP exists for, on the embedded demo: `openvtp study` (tokenizer variants x steps x seeds) and its
+paired statistics."""

@@ -26,7 +26,7 @@ from typing import Sequence
 from openvtp.errors import Interrupted, OpenVTPError
 from openvtp.runtime.checkpoint import write_json_atomic
 
-from .demo import plan_demo, run_demo, split_overrides
+from openvtp.demo.run import plan_demo, run_demo, split_overrides
 from .stats import compare
 
 log = logging.getLogger("openvtp.study")
@@ -376,7 +376,7 @@ def _run_cells(out: Path, cells: list[Cell], plans: dict, overrides: Sequence[st
     log.info("study: %d cells, %d already done, %d to run -> %s", len(cells), len(cells) - len(todo), len(todo), out)
     flops = {c["variant"]: c["tokenizer_flops_per_step"] for c in finished}
     if jobs > 1 and todo:  # what the cells share, once, before they start side by side
-        from openvtp.generation.attribute_probe import cached_attribute_probe
+        from openvtp.demo.judge import cached_attribute_probe
         from openvtp.train.flops import pretrain_step_flops
 
         for cell in todo:

@@ -14,11 +14,9 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from openvtp.data.images import decode_image
+from openvtp.data.registry import provider
 from openvtp.data.shards import IMAGE_KEYS, expand_urls, index_tars
 from openvtp.errors import OpenVTPError
-
-LABELS = ("shape", "shape_colour")  # embedded scenes: condition on shape (7) or on (shape, colour) (49)
-
 
 class IndexedTars(Dataset):
     """Samples of local webdataset tars, by position: {"image": uint8 (3, H, W), "caption"?, "label"?}.
@@ -69,22 +67,6 @@ class IndexedTars(Dataset):
         return item
 
 
-class _EmbeddedLabels(Dataset):
-    """Embedded train scenes with `label` = shape, or shape * 7 + colour."""
-
-    def __init__(self, scenes: Dataset, labels: str):
-        self.scenes, self.labels = scenes, labels
-
-    def __len__(self) -> int:
-        return len(self.scenes)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.scenes[index]
-        if self.labels == "shape_colour":
-            item["label"] = item["shape"] * 7 + item["colour"]
-        return item
-
-
 def open_source(data: str, image_size: int, num: int | None = None, seed: int = 0, labels: str = "shape"
                 ) -> tuple[Dataset, int | None]:
     """(dataset, number of classes or None) for `data`:
@@ -96,15 +78,9 @@ def open_source(data: str, image_size: int, num: int | None = None, seed: int = 
     - webdataset tars: a .tar path or brace pattern (`data/{000..099}.tar`), optional `.cls` labels.
     `num` keeps the first num items.
     """
-    if labels not in LABELS:
-        raise OpenVTPError(f"--labels must be one of {', '.join(LABELS)}, got {labels!r}")
     classes: int | None
     if data == "embedded":
-        from openvtp.data.scenes import COLOURS, SHAPES, CaptionedScenes
-
-        ds: Dataset = _EmbeddedLabels(CaptionedScenes("train", image_size, num or None, seed), labels)
-        classes = len(SHAPES) * (len(COLOURS) if labels == "shape_colour" else 1)
-        return ds, classes
+        return provider("embedded").latent_source(image_size, num, seed, labels)
     path = Path(data)
     if ".tar" in path.name:
         ds, classes = IndexedTars(data), None

@@ -17,9 +17,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from openvtp.config.schema import PretrainConfig
 from openvtp.data.folders import CaptionFolder, ClassFolder
 from openvtp.data.masking import batch_masks, mask_ratios
-from openvtp.data.mixture import Mixture
-from openvtp.data.photos import NaturalPhotos
-from openvtp.data.scenes import CaptionedScenes
+from openvtp.data.registry import provider
 from openvtp.data.shards import ShardDataset
 from openvtp.data.text import tokenize
 from openvtp.data.views import (STREAM_CLIP, STREAM_MASK, STREAM_RECON, STREAM_SSL, MultiCrop, contrastive_view,
@@ -27,22 +25,10 @@ from openvtp.data.views import (STREAM_CLIP, STREAM_MASK, STREAM_RECON, STREAM_S
 
 from openvtp.runtime.interrupt import quiet_worker
 
-EMBEDDED_LENGTH = 10**9  # procedural scenes never repeat within a run
-
-
 def build_source(cfg: PretrainConfig, rank: int, world_size: int) -> Dataset | IterableDataset:
     d, size = cfg.data, cfg.model.image_size
     if d.source == "embedded":
-        # item step * B + p is read at that index, so a group of B indices is one step's batch
-        scenes = CaptionedScenes("train", size=size, length=EMBEDDED_LENGTH, seed=cfg.train.seed,
-                                 group_size=cfg.train.batch, colours_per_group=d.colours_per_batch,
-                                 shape_twins=d.shape_twins)
-        if d.photo_fraction <= 0:
-            return scenes
-        photos = NaturalPhotos(size=size, length=100_000, seed=cfg.train.seed)
-        return Mixture([scenes, photos], [1 - d.photo_fraction, d.photo_fraction], seed=cfg.train.seed,
-                       length=EMBEDDED_LENGTH, keys=("image", "caption", "key"),
-                       keep_index=d.colours_per_batch > 0 or d.shape_twins)
+        return provider("embedded").pretrain_source(cfg)
     if d.source == "shards":
         return ShardDataset(d.path.split("::") if "::" in d.path else d.path, size=size, rank=rank,
                             world_size=world_size, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, resample=True)

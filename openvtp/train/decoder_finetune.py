@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from openvtp.config.load import config_to_dict
 from openvtp.config.schema import FinetuneDecoderConfig, PretrainConfig, ReconConfig, validate_finetune
+from openvtp.data.registry import provider
 from openvtp.errors import OpenVTPError
 from openvtp.losses import ReconstructionLoss
 from openvtp.losses.gan import PatchDiscriminator, adaptive_weight, generator_adv_loss, hinge_d_loss
@@ -222,22 +223,19 @@ def heldout_images(cfg: FinetuneDecoderConfig, model: VTPModel) -> tuple[torch.T
     """The embedded data's held-out images and stage 1's PSNR on them (other sources: none)."""
     if cfg.data.source != "embedded":
         return None, {}
-    from openvtp.data.scenes import CaptionedScenes
-    from openvtp.eval.embedded import reconstruction_psnr, stack_scenes
-
-    heldout = stack_scenes(CaptionedScenes("heldout", size=model.config.image_size, length=cfg.eval.images,
-                                           seed=cfg.eval.seed), cfg.eval.images)["images"]
+    embedded = provider("embedded")
+    heldout = embedded.heldout_images(model.config.image_size, cfg.eval.images, cfg.eval.seed)
     model.eval()
-    return heldout, reconstruction_psnr(model, heldout)
+    return heldout, embedded.reconstruction_psnr(model, heldout)
 
 
 def heldout_after(model: VTPModel, heldout: torch.Tensor, before: dict, seed: int, out: Path) -> dict:
     """What the summary records of the held-out images after stage 2, and their reconstruction picture."""
-    from openvtp.eval.embedded import embedded_recon_examples, reconstruction_psnr
     from openvtp.eval.plots import image_grid
 
-    after = reconstruction_psnr(model, heldout)
-    image_grid(*embedded_recon_examples(model, 16, seed=seed), out / "reconstructions.png", nrow=4)
+    embedded = provider("embedded")
+    after = embedded.reconstruction_psnr(model, heldout)
+    image_grid(*embedded.embedded_recon_examples(model, 16, seed=seed), out / "reconstructions.png", nrow=4)
     return {"heldout": {"images": len(heldout), "psnr_stage1": before["psnr"], "psnr": after["psnr"],
                         "psnr_patch_mean_baseline": after["psnr_patch_mean_baseline"]},
             "reconstructions": str(out / "reconstructions.png")}

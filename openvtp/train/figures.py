@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from openvtp.config.schema import PretrainConfig, TrainConfig
+from openvtp.data.registry import provider
 from openvtp.runtime.logger import RunLogger
 
 
@@ -31,14 +32,14 @@ def heldout_eval(model, cfg: PretrainConfig, logger: RunLogger, step: int, final
     reconstruction picture, and what the summary records. Other data sources: nothing (`openvtp eval` measures)."""
     if cfg.data.source != "embedded":
         return {}
-    from openvtp.eval.embedded import embedded_eval, embedded_recon_examples
     from openvtp.eval.plots import image_grid
 
-    res = embedded_eval(model, n_images=cfg.eval.images, seed=cfg.eval.seed, zero_shot=cfg.clip.weight > 0)
+    embedded = provider("embedded")
+    res = embedded.embedded_eval(model, n_images=cfg.eval.images, seed=cfg.eval.seed, zero_shot=cfg.clip.weight > 0)
     logger.scalars("eval", res, step)
     if not final:
         logger.bar.write(f"eval @ {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if k != "images"))
         return res
-    orig, rec = embedded_recon_examples(model, 16, seed=cfg.eval.seed)
+    orig, rec = embedded.embedded_recon_examples(model, 16, seed=cfg.eval.seed)
     image_grid(orig, rec, logger.out / "reconstructions.png", nrow=4)
     return {"heldout": res, "reconstructions": str(logger.out / "reconstructions.png")}

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from openvtp.data.scenes import COLOURS, SHAPES, CaptionedScenes, colour_prompts, shape_prompts
+from openvtp.demo.scenes import COLOURS, SHAPES, CaptionedScenes, colour_prompts, shape_prompts
 from openvtp.models import VTPModel
 
-from .knn import knn_classify
-from .linear_probe import linear_probe_simple
-from .recon_metrics import patch_mean_baseline, psnr
-from .zero_shot import build_zero_shot_classifier, zero_shot_accuracy
+from openvtp.eval.knn import knn_classify
+from openvtp.eval.linear_probe import linear_probe_simple
+from openvtp.eval.recon_metrics import patch_mean_baseline, psnr
+from openvtp.eval.zero_shot import build_zero_shot_classifier, zero_shot_accuracy
 
 # the probes: a few hundred AdamW steps on a few thousand features, a second on CPU
 PROBE_EPOCHS, PROBE_BATCH, PROBE_LR = 30, 256, 1e-3

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from openvtp.data.scenes import COLOURS, SHAPES, CaptionedScenes
+from openvtp.demo.scenes import COLOURS, SHAPES, CaptionedScenes
 from openvtp.eval.fid import feature_statistics, frechet_distance
 
 log = logging.getLogger("openvtp.probe")

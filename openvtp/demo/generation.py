@@ -25,12 +25,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from openvtp.config.load import load_config
-from openvtp.data.scenes import COLOURS, SEEN_IDS, SHAPES
+from openvtp.demo.scenes import COLOURS, SEEN_IDS, SHAPES
 from openvtp.errors import OpenVTPError
-from openvtp.generation.attribute_probe import (REFERENCE_SEED, cached_attribute_probe, generation_quality, render,
+from openvtp.demo.judge import (REFERENCE_SEED, cached_attribute_probe, generation_quality, render,
                                                 reference_images)
 from openvtp.generation.config import GenerationConfig, dit_kwargs, validate
-from openvtp.generation.demo_config import GenerationDemoConfig, validate_demo
+from openvtp.demo.generation_config import GenerationDemoConfig, validate_demo
 from openvtp.generation.latents import LatentDataset, extract_latents
 from openvtp.generation.sample import sample, save_grid
 from openvtp.generation.sources import open_source

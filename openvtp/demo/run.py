@@ -19,7 +19,7 @@ from openvtp.config.schema import FinetuneDecoderConfig, PretrainConfig, validat
 from openvtp.errors import Interrupted, OpenVTPError
 from openvtp.generation.config import GenerationConfig
 from openvtp.generation.config import validate as validate_dit
-from openvtp.generation.demo_config import GenerationDemoConfig, validate_demo
+from openvtp.demo.generation_config import GenerationDemoConfig, validate_demo
 from openvtp.runtime.checkpoint import write_json_atomic
 
 log = logging.getLogger("openvtp.demo")
@@ -93,7 +93,7 @@ def plan_demo(out: str | Path, overrides: Sequence[str] = ()) -> DemoPlan:
 def run_demo(plan: DemoPlan, progress: bool = True, judge_cache: Path | None = None) -> dict:
     """Run the stages of `plan`; returns the demo's summary (also `out/summary.json`). judge_cache: a folder
     that keeps the generation half's judge between runs (a study's cells share it)."""
-    from openvtp.generation.demo import run_generation_demo
+    from openvtp.demo.generation import run_generation_demo
     from openvtp.train.decoder_finetune import finetune_decoder
     from openvtp.train.loop import pretrain
 
