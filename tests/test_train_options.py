@@ -12,7 +12,7 @@ from openvtp.models import VTPModel
 from openvtp.models.layers import checkpointing
 from openvtp.train import parallel
 from openvtp.train.data import build_loader
-from openvtp.runtime.logger import RunLogger
+from openvtp.train import loop
 from openvtp.train.loop import pretrain
 from openvtp.train.task import PretrainTask
 
@@ -47,7 +47,7 @@ def _assert_grads_close(a: dict, b: dict, rtol: float) -> None:
 
 def _pretrain_losses(monkeypatch, cfg) -> dict[int, float]:
     """Per-step losses of `pretrain(cfg)`; the held-out evaluation at the end is skipped (6 s, no loss in it)."""
-    monkeypatch.setattr(RunLogger, "finish", lambda self, *args, **kwargs: {})
+    monkeypatch.setattr(loop, "_finish", lambda *args, **kwargs: {})
     pretrain(cfg)
     return _losses(Path(cfg.train.out_dir))
 

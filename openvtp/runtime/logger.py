@@ -1,4 +1,4 @@
-"""What a training run shows: progress bar, TensorBoard scalars, metrics.jsonl, loss curves, summary.json."""
+"""What a training run logs: progress bar, TensorBoard scalars, metrics.jsonl, summary.json."""
 from __future__ import annotations
 
 import json
@@ -74,35 +74,13 @@ class RunLogger:
         self.bar.set_postfix({**{k.replace("_loss", ""): f"{v:.3f}" for k, v in shown.items()},
                               "img/s": f"{scalars['images_per_s']:.0f}"}, refresh=False)
 
-    def plot_losses(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        keys = [k for k in (self.history[0] if self.history else {}) if k.endswith("_loss") or k == "loss"]
-        if not keys:
-            return
-        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-        steps = [r["step"] for r in self.history]
-        for ax, key in zip(axes[0], keys):
-            ax.plot(steps, [r.get(key, float("nan")) for r in self.history])
-            ax.set_title(key)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-
     def finish(self, steps_done: int, stopped: str | None = None, outputs: dict | None = None) -> dict:
-        """Close the bar, draw the loss curves; the summary's common part, with `outputs` (what the run wrote) after
-        the step count.
+        """Close the bar; the summary's common part, with `outputs` (what the run wrote) after the step count.
 
         `complete` says whether the run made all its steps; a run stopped early by the time-limit safety net says
         why in `stopped`, and its figures are not the config's result.
         """
         self.bar.close()
-        self.plot_losses(self.out / "loss_curves.png")
         summary: dict = {"complete": steps_done >= self.steps, "steps": steps_done, **(outputs or {}),
                          "timing": {"train_s": round(time.time() - self.t0, 1)}}
         if stopped:

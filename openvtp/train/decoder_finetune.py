@@ -31,7 +31,7 @@ from openvtp.runtime.run_folder import RunFolder
 from openvtp.runtime.steps import Step, run_steps
 
 from .data import build_loader
-from .figures import grid_due, recon_grid
+from .figures import grid_due, loss_curves, recon_grid
 from .optim import adamw, param_groups
 from .schedules import warmup_cosine
 
@@ -210,6 +210,7 @@ def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunF
     if main:
         model.eval()
         model.save_pretrained(out / "tokenizer")
+        loss_curves(logger.history, out / "loss_curves.png")
         summary = logger.finish(ended.done, ended.stopped, {"tokenizer": str(out / "tokenizer")})
         summary["stage1"] = cfg.init
         if heldout is not None:

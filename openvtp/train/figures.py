@@ -1,4 +1,4 @@
-"""What pre-training and stage 2 draw and evaluate while they run: reconstruction grids, held-out figures."""
+"""What pre-training and stage 2 draw and evaluate: reconstruction grids, loss curves, held-out figures."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,6 +25,28 @@ def recon_grid(model, images: torch.Tensor, path: Path) -> None:
     model.train(was)
     image_grid(model.denormalize(images).clamp(0, 1).float().cpu(), model.denormalize(rec).clamp(0, 1).float().cpu(),
                path, nrow=4)
+
+
+def loss_curves(history: list[dict], path: Path) -> None:
+    """One panel per loss (`*_loss`, `loss`) of the logged rows, against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in (history[0] if history else {}) if k.endswith("_loss") or k == "loss"]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    steps = [r["step"] for r in history]
+    for ax, key in zip(axes[0], keys):
+        ax.plot(steps, [r.get(key, float("nan")) for r in history])
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def heldout_eval(model, cfg: PretrainConfig, logger: RunLogger, step: int, final: bool = False) -> dict:

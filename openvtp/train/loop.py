@@ -22,11 +22,11 @@ from openvtp.runtime.checkpoint import checkpointer, open_run_dir, resolve_resum
 from openvtp.runtime.logger import RunLogger
 from openvtp.runtime.precision import training_autocast
 from openvtp.runtime.run_folder import RunFolder
-from openvtp.runtime.steps import Step, run_steps
+from openvtp.runtime.steps import Outcome, Step, run_steps
 
 from . import parallel
 from .data import build_loader
-from .figures import grid_due, heldout_eval, recon_grid
+from .figures import grid_due, heldout_eval, loss_curves, recon_grid
 from .optim import adamw, clip_gradients, pretrain_param_groups, set_schedule, total_norm
 from .schedules import cosine, warmup_cosine
 from .task import PretrainTask
@@ -139,20 +139,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
 def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
     out, main = Path(cfg.train.out_dir), info.rank == 0
     config_yaml = open_run_dir(out, cfg, main)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    model = VTPModel(cfg.model)
-    task = PretrainTask(cfg, model).to(info.device)
-    wrapped = parallel.prepare(task, cfg.train, info.device)
-    sharded = parallel.is_sharded(wrapped)
-    opt = adamw(pretrain_param_groups(task, cfg.optim), cfg.optim)
-    start = 0
-    resume_from = resolve_resume(out, cfg.train.resume)
-    if resume_from is not None:
-        start = parallel.restore(resume_from, task, opt)
-        if main:
-            log.info("resumed from %s at step %d", resume_from, start)
+    task, wrapped, opt, start = _build(cfg, info, out)
+    model, sharded = task.model, parallel.is_sharded(wrapped)
     loader = build_loader(cfg, info.rank, info.world_size, start, pin_memory=info.device.type == "cuda")
     logger = RunLogger(out, cfg.train.steps, start, enabled=main)
     run.on_exit(logger.close)
@@ -195,14 +183,38 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
                       start=start, batch=cfg.train.batch, device=info.device, out=out, warn=logger.warn,
                       after_step=after_step)
     final = rank0_model()
-    summary = {}
-    if main:
-        final.eval()
-        final.save_pretrained(out / "tokenizer")
-        summary = logger.finish(ended.done, ended.stopped, {"tokenizer": str(out / "tokenizer")})
-        summary["objectives"] = {k: w for k, w in (("clip", cfg.clip.weight), ("ssl", cfg.ssl.weight),
-                                                   ("rec", cfg.recon.weight)) if w > 0}
-        summary.update(heldout_eval(final, cfg, logger, ended.done, final=True))
-        logger.write_summary(summary)
+    summary = _finish(cfg, final, logger, ended, out) if main else {}
     dist.barrier()
+    return summary
+
+
+def _build(cfg: PretrainConfig, info: dist.DistInfo, out: Path
+           ) -> tuple[PretrainTask, nn.Module, torch.optim.Optimizer, int]:
+    """The task (model and objectives) on the device, wrapped for DDP / FSDP, its optimiser, and the step to start
+    from (a resumed checkpoint's)."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    task = PretrainTask(cfg, VTPModel(cfg.model)).to(info.device)
+    wrapped = parallel.prepare(task, cfg.train, info.device)
+    opt = adamw(pretrain_param_groups(task, cfg.optim), cfg.optim)
+    start = 0
+    resume_from = resolve_resume(out, cfg.train.resume)
+    if resume_from is not None:
+        start = parallel.restore(resume_from, task, opt)
+        if info.rank == 0:
+            log.info("resumed from %s at step %d", resume_from, start)
+    return task, wrapped, opt, start
+
+
+def _finish(cfg: PretrainConfig, final: VTPModel, logger: RunLogger, ended: Outcome, out: Path) -> dict:
+    """Rank 0 after the last step: the tokenizer exported, loss curves, held-out figures, summary.json."""
+    final.eval()
+    final.save_pretrained(out / "tokenizer")
+    loss_curves(logger.history, out / "loss_curves.png")
+    summary = logger.finish(ended.done, ended.stopped, {"tokenizer": str(out / "tokenizer")})
+    summary["objectives"] = {k: w for k, w in (("clip", cfg.clip.weight), ("ssl", cfg.ssl.weight),
+                                               ("rec", cfg.recon.weight)) if w > 0}
+    summary.update(heldout_eval(final, cfg, logger, ended.done, final=True))
+    logger.write_summary(summary)
     return summary
