@@ -121,3 +121,10 @@ def test_sample_and_gfid_read_an_old_checkpoint_config(tmp_path):
     assert found == ckpt
     assert (loaded.train.batch, loaded.sample.batch, loaded.optim.lr, loaded.sample.num_steps) == (24, 5, 3e-4, 3)
 
+
+def test_base_is_rejected_not_dropped(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("_base_: vtp-l\ntrain:\n  steps: 10\n")
+    with pytest.raises(OpenVTPError) as e:
+        load_config(PretrainConfig, str(path))
+    assert str(e.value).startswith(f"config file {path}: '_base_' is not supported")

@@ -120,7 +120,10 @@ def _read_yaml(path: Path):
     if not isinstance(raw, DictConfig):
         raise OpenVTPError(f"config file {path} must hold a mapping of sections (train:, model:, ...), "
                            f"not a {type(raw).__name__}")
-    raw.pop("_base_", None)
+    if "_base_" in raw:
+        # One file is one layer over the defaults: what a file holds is what it changes, with no chain to follow.
+        raise OpenVTPError(f"config file {path}: '_base_' is not supported; use --config BASE with KEY=VALUE "
+                           "overrides, or copy the base's keys (--print-config writes them all)")
     return raw
 
 
