@@ -217,7 +217,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=non_negative_int, default=0, help="data loader workers")
     p.add_argument("--seed", type=int, default=0, help="seed of the statistics' random subset")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    precision_arg(p, "auto: float32 on every device (as before the flag; recorded in index.json)")
+    precision_arg(p, "auto: float32 on every device (recorded in index.json)")
     p.set_defaults(func=cmd_extract_latents)
 
     p = sub.add_parser("train-dit", help="train a LightningDiT on extracted latents (torchrun for several GPUs)")
