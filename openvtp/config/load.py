@@ -18,9 +18,9 @@ from openvtp.errors import OpenVTPError
 T = TypeVar("T")
 PRESET_DIR = Path(__file__).parent / "presets"
 
-# Keys whose name differed from the one the same concept has in the other config trees (old dotted key -> current
-# key), per root config class. A user who writes an old key gets an error naming the current one rather than a bare
-# "not in schema"; a config openvtp stored with the old keys (in a DiT checkpoint) is translated, so it still loads.
+# Old names of keys (old dotted key -> current key) per root config class; a concept has one key in every tree.
+# A user who writes an old key gets an error naming the current one, not OmegaConf's bare "not in schema"; a config
+# openvtp stored under old keys (a DiT checkpoint's) is translated, so existing checkpoints still load.
 RENAMED_KEYS: dict[str, dict[str, str]] = {
     "openvtp.generation.config.GenerationConfig": {
         "model.use_qknorm": "model.use_qk_norm",
