@@ -32,7 +32,7 @@ TINY_VTP = ["model.image_size=32", "model.vision_patch_size=8", "model.vision_em
             "optim.warmup_steps=2"]
 PRETRAIN = ["pretrain", "--config", "demo", *TINY_VTP, "train.steps=4", "train.ckpt_every=2", "train.image_every=2",
             "eval.every=2", "ssl.drop_path=0", "ssl.koleo_batch=global", "ssl.ibot_normalize=all"]
-TINY_DIT = ["model.arch=dit-tiny-1", "data.num_classes=7", "train.batch_size=8", "train.ema_decay=0.9",
+TINY_DIT = ["model.arch=dit-tiny-1", "data.num_classes=7", "train.batch=8", "train.ema_decay=0.9",
             "train.log_every=2", "train.tensorboard=false", "train.progress=false", "train.steps=4"]
 
 
@@ -66,7 +66,7 @@ def entry_args(entry: str, made: dict[str, Path], out: Path) -> list[str]:
                 "optim.warmup_steps=1", "gan.disc_channels=8", "gan.disc_layers=2", f"train.out_dir={out}"]
     if entry == "train-dit":
         return ["train-dit", "--config", "dit-demo", *TINY_DIT, f"data.latents_dir={made['latents']}",
-                f"train.run_dir={out}"]
+                f"train.out_dir={out}"]
     if entry == "extract-latents":
         return ["extract-latents", str(made["tok"]), "--data", "embedded", "--num-images", "16", "--out", str(out),
                 "--shard-size", "8", "--batch-size", "4"]

@@ -43,7 +43,7 @@ def loss_curve(tokenizer: str, out: Path, steps: int, window: int, num_images: i
         extract_latents(vtp, dataset, out / "latents", image_size=vtp.config.image_size, batch_size=128,
                         shard_size=num_images, seed=seed, device="cpu")
     cfg = load_config(GenerationConfig, "dit-demo", [
-        f"data.latents_dir={out / 'latents'}", f"train.run_dir={out / 'dit'}", f"train.steps={steps}",
+        f"data.latents_dir={out / 'latents'}", f"train.out_dir={out / 'dit'}", f"train.steps={steps}",
         f"train.ckpt_every={steps}", "train.time_limit_s=0", f"train.seed={seed}",
         f"data.num_classes={len(SHAPES) * len(COLOURS)}", *overrides])
     validate(cfg)
@@ -64,7 +64,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=500)
     p.add_argument("--num-images", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dit", nargs="*", default=[], help="dit-demo overrides, e.g. --dit train.lr=5e-4")
+    p.add_argument("--dit", nargs="*", default=[], help="dit-demo overrides, e.g. --dit optim.lr=5e-4")
     args = p.parse_args()
     torch.set_num_threads(1)
     names = args.names.split(",") if args.names else [str(i) for i in range(len(args.tokenizers))]

@@ -222,10 +222,10 @@ def dit_part(check: Check) -> None:
     """LightningDiT steps as openvtp/generation/train.py takes them, on seeded Gaussian latents."""
     info, sizes, device, world = check.info, check.sizes, check.device, check.world
     cfg = load_config(GenerationConfig, "dit-xl-1-vtp", [*sizes.dit_overrides,
-                                                         f"train.batch_size={sizes.dit_batch * world}"])
+                                                         f"train.batch={sizes.dit_batch * world}"])
     validate_generation(cfg, world)
-    tc, fc, shape = cfg.train, cfg.flow, sizes.dit_latent
-    B, b = tc.batch_size, tc.batch_size // world
+    tc, oc, fc, shape = cfg.train, cfg.optim, cfg.flow, sizes.dit_latent
+    B, b = tc.batch, tc.batch // world
     sl = slice(info.rank * b, (info.rank + 1) * b)
     steps = sizes.check_steps + sizes.timed_steps
     data = []
@@ -245,8 +245,8 @@ def dit_part(check: Check) -> None:
         model = copy.deepcopy(proto).to(device).train()
         ema = copy.deepcopy(model).requires_grad_(False).eval()
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2),
-                                weight_decay=tc.weight_decay, fused=True)
+        opt = torch.optim.AdamW(model.parameters(), lr=oc.lr, betas=(oc.beta1, oc.beta2),
+                                weight_decay=oc.weight_decay, fused=True)
 
         def step(s: int) -> torch.Tensor:  # the trainer's own step
             return dit_step(cfg, model, train_model, ema, opt, loss_fn, *data[s], s, device, precision)[0]["loss"]

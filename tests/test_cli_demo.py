@@ -14,7 +14,7 @@ from .test_train import TINY, _cli
 STAGE2 = ["decoder.train.steps=3", "decoder.train.batch=4", "decoder.data.workers=0", "decoder.eval.images=8",
           "decoder.gan.start_step=1", "decoder.gan.disc_channels=8", "decoder.train.image_every=0"]
 GENERATION = ["dit.model.arch=dit-tiny-1", "dit.model.hidden_size=0", "dit.model.depth=0", "dit.model.num_heads=0",
-              "dit.train.steps=12", "dit.train.batch_size=8", "dit.sample.num_steps=4", "generation.num_images=64",
+              "dit.train.steps=12", "dit.train.batch=8", "dit.sample.num_steps=4", "generation.num_images=64",
               "generation.judge_steps=20", "generation.eval_samples=39", "generation.reference_images=64",
               "generation.grid_per_class=1"]
 SUMMARIES = ("summary.json", "decoder/summary.json", "generation/summary.json")

@@ -17,7 +17,7 @@ from openvtp.models.config import VTPConfig
 from openvtp.models.vtp import VTPModel
 from openvtp.runtime.checkpoint import list_checkpoints, load_checkpoint
 
-TINY = ["model.arch=dit-tiny-1", "data.num_classes=7", "train.batch_size=8", "train.ema_decay=0.9",
+TINY = ["model.arch=dit-tiny-1", "data.num_classes=7", "train.batch=8", "train.ema_decay=0.9",
         "train.log_every=2", "train.tensorboard=false", "train.progress=false"]
 
 
@@ -50,12 +50,12 @@ def test_extract_train_sample_gfid(work, capsys, monkeypatch):
 
     run = work / "dit"
     rc, out, _ = run_cli(capsys, "train-dit", "--config", "dit-demo", *TINY, f"data.latents_dir={lat}",
-                         f"train.run_dir={run}", "train.steps=4")
+                         f"train.out_dir={run}", "train.steps=4")
     assert rc == 0 and "trained 4 steps" in out
     assert [p.name for p in list_checkpoints(run)] == ["step_0000004"]
 
     rc, out, _ = run_cli(capsys, "sample", run, "--tokenizer", work / "tok", "--out", work / "s", "--per-class", 2,
-                         "sample.num_steps=3", "sample.batch_size=5")  # overrides after options
+                         "sample.num_steps=3", "sample.batch=5")  # overrides after options
     assert rc == 0, out
     npz = np.load(work / "s" / "samples.npz")
     assert npz["arr_0"].shape == (14, 64, 64, 3) and npz["arr_0"].dtype == np.uint8
@@ -144,7 +144,7 @@ def test_sigkilled_training_resumes_with_the_same_losses(work, one_thread):
     from openvtp.generation.train import train_dit
 
     def overrides(run, *extra):
-        return [*TINY, f"data.latents_dir={work / 'lat'}", f"train.run_dir={work / run}", "train.steps=8",
+        return [*TINY, f"data.latents_dir={work / 'lat'}", f"train.out_dir={work / run}", "train.steps=8",
                 "train.ckpt_every=3", *extra]
 
     def cfg(run, *extra):
@@ -180,7 +180,7 @@ def test_published_presets():
     validate(xl)
     k = dit_kwargs(xl.model)
     assert (k["hidden_size"], k["depth"], k["num_heads"], k["patch_size"]) == (1152, 28, 16, 1)  # LightningDiT-XL/1
-    assert (xl.train.steps, xl.train.batch_size, xl.train.lr, xl.train.beta2, xl.train.ema_decay) == \
+    assert (xl.train.steps, xl.train.batch, xl.optim.lr, xl.optim.beta2, xl.train.ema_decay) == \
         (100_000, 1024, 2e-4, 0.95, 0.9999)
     assert (xl.sample.method, xl.sample.num_steps, xl.sample.timestep_shift, xl.sample.cfg_scale) == \
         ("euler", 250, 0.075, 1.0)
@@ -215,7 +215,7 @@ def test_bad_input_is_one_line(work, tmp_path, capsys, argv, message):
     run = work / "dit"
     if not list_checkpoints(run):  # when run alone
         assert main(["train-dit", "--config", "dit-demo", *TINY, f"data.latents_dir={work / 'lat'}",
-                     f"train.run_dir={run}", "train.steps=1"]) == 0
+                     f"train.out_dir={run}", "train.steps=1"]) == 0
     argv = [a.format(tmp=tmp_path, tok=work / "tok", run=run) for a in argv]
     capsys.readouterr()
     rc, _, err = run_cli(capsys, *argv)

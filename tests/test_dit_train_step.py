@@ -26,8 +26,8 @@ def latents(tmp_path_factory):
 
 def dit_config(latents, run, *extra) -> GenerationConfig:
     return load_config(GenerationConfig, "dit-demo", [
-        "model.arch=dit-tiny-1", f"data.latents_dir={latents}", "data.num_classes=7", "data.num_workers=0",
-        f"train.run_dir={run}", "train.steps=4", "train.batch_size=8", "train.ckpt_every=1", "train.keep_last=0",
+        "model.arch=dit-tiny-1", f"data.latents_dir={latents}", "data.num_classes=7", "data.workers=0",
+        f"train.out_dir={run}", "train.steps=4", "train.batch=8", "train.ckpt_every=1", "train.keep_last=0",
         "train.tensorboard=false", "train.progress=false", *extra])
 
 
@@ -65,6 +65,6 @@ def test_consecutive_nonfinite_dit_steps_stop_the_run_at_the_last_good_state(lat
     _poison(monkeypatch, {1, 2, 3, 4, 5})
     cfg = dit_config(latents, tmp_path, "train.steps=8", "train.max_bad_steps=2", "train.log_every=3",
                      "train.ckpt_every=0")
-    with pytest.raises(OpenVTPError, match=r"2 consecutive non-finite steps up to step 3.*as step 1 \(lower train.lr"):
+    with pytest.raises(OpenVTPError, match=r"2 consecutive non-finite steps up to step 3.*as step 1 \(lower optim.lr"):
         dit_train.train_dit(cfg)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000001"]

@@ -205,14 +205,14 @@ def test_presets_load_and_validate():
     for name in names:
         validate(load_config(GenerationConfig, name))
     xl = load_config(GenerationConfig, "dit-xl-1-vtp")
-    assert (xl.model.arch, xl.train.steps, xl.train.batch_size, xl.sample.num_steps) == ("dit-xl-1", 100000, 1024, 250)
-    assert (xl.sample.timestep_shift, xl.sample.cfg_scale, xl.train.lr, xl.train.beta2) == (0.075, 1.0, 2e-4, 0.95)
+    assert (xl.model.arch, xl.train.steps, xl.train.batch, xl.sample.num_steps) == ("dit-xl-1", 100000, 1024, 250)
+    assert (xl.sample.timestep_shift, xl.sample.cfg_scale, xl.optim.lr, xl.optim.beta2) == (0.075, 1.0, 2e-4, 0.95)
     b = load_config(GenerationConfig, "dit-b-1-ablation", ["sample.num_steps=20"])
     assert (b.model.arch, b.sample.method, b.sample.num_samples, b.sample.num_steps) == ("dit-b-1", "dopri5", 10000, 20)
 
 
 @pytest.mark.parametrize("override", [
-    "model.patch_size=3", "model.arch=dit-huge-1", "sample.method=rk4", "train.batch_size=0",
+    "model.patch_size=3", "model.arch=dit-huge-1", "sample.method=rk4", "train.batch=0",
     "sample.cfg_interval_start=0.8", "model.num_heads=5", "flow.timestep_sampling=cosine",
 ])
 def test_impossible_values_fail(override):

@@ -38,9 +38,9 @@ def setup(tmp_path_factory):
 def dit_config(setup, run: str, *extra: str) -> GenerationConfig:
     return load_config(GenerationConfig, "dit-demo", [
         "model.arch=dit-tiny-1", f"data.latents_dir={setup['latents']}", "data.num_classes=7",
-        f"train.run_dir={setup['root'] / run}", "train.steps=6", "train.batch_size=8", "train.ema_decay=0.9",
+        f"train.out_dir={setup['root'] / run}", "train.steps=6", "train.batch=8", "train.ema_decay=0.9",
         "train.log_every=2", "train.ckpt_every=0", "train.tensorboard=false", "train.progress=false",
-        "sample.num_samples=6", "sample.batch_size=4", "sample.num_steps=4", "sample.grid_images=6", *extra])
+        "sample.num_samples=6", "sample.batch=4", "sample.num_steps=4", "sample.grid_images=6", *extra])
 
 
 def test_extraction_layout(setup):
@@ -148,7 +148,7 @@ def test_sample_and_gfid_end_to_end(setup):
     assert len(list((setup["root"] / "samples" / "samples").glob("*.png"))) == 6
     assert (setup["root"] / "samples" / "grid.png").is_file()
     # the same sampler settings give the same images whatever the batch size (up to float rounding)
-    again = sample(run, setup["root"] / "samples_b1", SampleConfig(num_samples=6, batch_size=1, num_steps=4,
+    again = sample(run, setup["root"] / "samples_b1", SampleConfig(num_samples=6, batch=1, num_steps=4,
                    save_png=False, grid_images=0), tokenizer=setup["vtp"], progress=False)
     assert np.abs(np.load(again)["arr_0"].astype(int) - arr).max() <= 1
 

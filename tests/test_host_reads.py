@@ -110,6 +110,6 @@ def test_decoder_finetuning_reads_the_device_once_per_log_interval(stage1, tmp_p
 def test_dit_training_reads_the_device_once_per_log_interval(latents, tmp_path, monkeypatch):  # noqa: F811
     def run(steps, name):
         dit_train.train_dit(dit_config(latents, tmp_path / name, f"train.steps={steps}", f"train.log_every={LOG_EVERY}",
-                                       "train.ckpt_every=0", "data.num_workers=1"))
+                                       "train.ckpt_every=0", "data.workers=1"))
 
     assert per_interval(dit_train, run, monkeypatch, loader="DataLoader") == 1

@@ -1,4 +1,5 @@
 """VTPModel behaviour beyond the reference numbers: io, strictness, sizes, pixel API."""
+import dataclasses
 import json
 
 import pytest
@@ -66,6 +67,25 @@ def test_config_unknown_and_ill_typed_fields(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(OpenVTPError, match="not valid JSON"):
         VTPConfig.from_json_file(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("text_pool_type", "first", "only text_pool_type='argmax' is supported"),
+    ("text_proj_type", "mlp", "only text_proj_type='linear' is supported"),
+    ("text_embed_cls", True, "text_embed_cls=true is not supported"),
+    ("text_output_tokens", True, "text_output_tokens=true is not supported"),
+    ("text_ls_init_value", 1e-5, "text_ls_init_value is not supported"),
+    ("text_pad_id", "0", "text_pad_id must be an integer"),
+])
+def test_fixed_fields_load_at_their_value_only(key, value, message):
+    """The released config.json's options that can hold one value here are checked on load, not kept as fields."""
+    released = json.loads((CONFORMANCE / "tiny-swiglu-rms" / "config.json").read_text())
+    assert key in released and key not in {f.name for f in dataclasses.fields(VTPConfig)}
+    cfg = VTPConfig.from_dict(released)
+    assert cfg.to_dict()[key] == released[key]
+    assert VTPConfig.from_dict({**released, "text_pad_id": 1}) == cfg  # any pad id builds the same model
+    with pytest.raises(OpenVTPError, match=f"src: {message}"):
+        VTPConfig.from_dict({**released, key: value}, source="src")
 
 
 def test_image_sizes():

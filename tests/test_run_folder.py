@@ -237,8 +237,8 @@ def test_train_dit_stops_on_sigterm_and_resumes_with_the_same_losses(tmp_path):
 
     def config(run, *extra):
         return load_config(GenerationConfig, "dit-demo", [
-            "model.arch=dit-tiny-1", f"data.latents_dir={latents}", "data.num_classes=7", "data.num_workers=0",
-            f"train.run_dir={tmp_path / run}", "train.steps=5", "train.batch_size=8", "train.ckpt_every=0",
+            "model.arch=dit-tiny-1", f"data.latents_dir={latents}", "data.num_classes=7", "data.workers=0",
+            f"train.out_dir={tmp_path / run}", "train.steps=5", "train.batch=8", "train.ckpt_every=0",
             "train.tensorboard=false", "train.progress=false", *extra])
 
     def term_after_step_2(step, terms):

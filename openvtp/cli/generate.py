@@ -48,7 +48,7 @@ def cmd_train_dit(args) -> None:
     validate(cfg)
     if args.print_config:
         return print_config(train_dit=cfg)
-    output_folder(cfg.train.run_dir, "train.run_dir")
+    output_folder(cfg.train.out_dir, "train.out_dir")
     from openvtp.generation.train import train_dit
     from openvtp.runtime import dist
 
@@ -56,9 +56,9 @@ def cmd_train_dit(args) -> None:
     if dist.is_main():
         from openvtp.runtime.checkpoint import list_checkpoints
 
-        last = list_checkpoints(cfg.train.run_dir)
+        last = list_checkpoints(cfg.train.out_dir)
         tail = f", last loss {history[-1]:.4f}" if history else " (already finished)"
-        print(f"trained {len(history)} steps{tail} -> {last[-1] if last else cfg.train.run_dir}")
+        print(f"trained {len(history)} steps{tail} -> {last[-1] if last else cfg.train.out_dir}")
 
 
 def _checkpoint_config(checkpoint: str, overrides: list[str]):
@@ -76,7 +76,7 @@ def _checkpoint_config(checkpoint: str, overrides: list[str]):
     ckpt = resolve_dit_checkpoint(checkpoint)
     if not (ckpt / "config.yaml").is_file():
         raise OpenVTPError(f"{ckpt} has no config.yaml: not a DiT checkpoint written by openvtp train-dit")
-    cfg = load_config(GenerationConfig, str(ckpt / "config.yaml"), overrides)
+    cfg = load_config(GenerationConfig, str(ckpt / "config.yaml"), overrides, stored=True)
     validate(cfg)
     return ckpt, cfg
 
@@ -131,7 +131,7 @@ def cmd_gfid(args) -> None:
         raise OpenVTPError("no tokenizer to decode samples: pass --tokenizer MODEL")
     fcfg = replace(cfg.fid, labels=args.labels) if args.labels else cfg.fid
     validate(replace(cfg, sample=scfg, fid=fcfg))
-    weights = args.fid_weights or cfg.fid.inception
+    weights = args.fid_weights or cfg.fid.weights
     if weights not in ("auto", "random") and not Path(weights).is_file():
         raise OpenVTPError(f"--fid-weights: file not found: {weights} (or use auto, random)")
     for path, flag in ((args.out, "--out"), (args.save_npz, "--save-npz")):
@@ -140,7 +140,7 @@ def cmd_gfid(args) -> None:
     from openvtp.generation.gfid import gfid
     from openvtp.runtime.checkpoint import write_json_atomic
 
-    result = gfid(ckpt, reference, overrides=scfg, tokenizer=tokenizer, inception=weights,
+    result = gfid(ckpt, reference, overrides=scfg, tokenizer=tokenizer, fid_weights=weights,
                   save_npz=args.save_npz, device=args.device, fid=fcfg)
     from openvtp.runtime import dist
 
@@ -164,7 +164,7 @@ def cmd_demo_generation(args) -> None:
     if parts["pretrain"] or parts["decoder"]:
         raise OpenVTPError(f"override '{(parts['pretrain'] + parts['decoder'])[0]}': only dit.KEY=VALUE and "
                            "generation.KEY=VALUE apply here")
-    demo = load_config(GenerationDemoConfig, None, parts["generation"])
+    demo = load_config(GenerationDemoConfig, None, parts["generation"], prefix="generation.")
     dit_config(parts["dit"])
     if not Path(args.tokenizer).is_dir():
         raise OpenVTPError(f"tokenizer folder not found: {args.tokenizer} (run openvtp demo first)")
@@ -217,7 +217,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=non_negative_int, default=0, help="data loader workers")
     p.add_argument("--seed", type=int, default=0, help="seed of the statistics' random subset")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    precision_arg(p, "auto: float32 on every device (as before the flag; recorded in index.json)")
+    precision_arg(p, "auto: float32 on every device (recorded in index.json)")
     p.set_defaults(func=cmd_extract_latents)
 
     p = sub.add_parser("train-dit", help="train a LightningDiT on extracted latents (torchrun for several GPUs)")
@@ -248,7 +248,7 @@ def register(sub) -> None:
     p.add_argument("--reference", default="", help="ADM reference batch / stats .npz, or an image folder")
     p.add_argument("--fid-weights", default="",
                    help="FID Inception: auto, a local file, or random (tests only); default: the checkpoint's "
-                        "fid.inception")
+                        "fid.weights")
     p.add_argument("--labels", default=None,
                    help="class labels: balanced (exact counts) or random (uniform, as LightningDiT); "
                         "default: fid.labels")

@@ -9,8 +9,9 @@ from openvtp.errors import OpenVTPError
 
 from .common import PRINT_CONFIG_HELP, output_folder, print_config
 
-# the default study (docs/study.md): chosen once for a fair comparison within 90 min on 2 cores
-STUDY_DEFAULTS = {"variants": "ae,vtp", "steps": "250,1000", "seeds": "0,1", "jobs": 2}  # 66 min on 2 idle cores
+# the default study (docs/study.md): the two variants at two tokenizer step counts and two seeds, the most that fits
+# the 90 minutes a default may take on 2 cores (66 min idle; a third seed takes about 102)
+STUDY_DEFAULTS = {"variants": "ae,vtp", "steps": "250,1000", "seeds": "0,1", "jobs": 2}
 
 
 def cmd_pretrain(args) -> None:

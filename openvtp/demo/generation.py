@@ -114,7 +114,7 @@ def run_generation_demo(
     # the DiT config first: a bad override fails before any work
     out = Path(out_dir) / "generation"
     cfg = load_config(GenerationConfig, PRESET, [
-        f"data.latents_dir={out / 'latents'}", f"data.tokenizer={tokenizer}", f"train.run_dir={out / 'dit'}",
+        f"data.latents_dir={out / 'latents'}", f"data.tokenizer={tokenizer}", f"train.out_dir={out / 'dit'}",
         f"data.num_classes={len(SHAPES) * (len(COLOURS) if demo.condition == 'shape_colour' else 1)}",
         f"train.seed={seed}", f"sample.seed={seed}", f"train.progress={progress}", *dit_overrides])
     validate(cfg)
@@ -210,7 +210,7 @@ def run_generation_demo(
                   "heldout_colour_acc": round(probe.val_acc["colour"], 4)},
         "dit": {"arch": cfg.model.arch, **{k: v for k, v in dit_kwargs(cfg.model).items() if k in SIZE_KEYS},
                 "params": params, "steps": len(history), "steps_planned": cfg.train.steps,
-                "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
+                "batch": cfg.train.batch, "lr": cfg.optim.lr,
                 "final_loss": round(float(np.mean(history[-20:])), 4) if history else None},
         "sampling": {"method": s.method, "num_steps": s.num_steps, "timestep_shift": s.timestep_shift,
                      "cfg_scale": s.cfg_scale, "samples": n_eval, "ema": s.use_ema},

@@ -54,7 +54,7 @@ class DemoPlan:
 
 def dit_config(dit_overrides: Sequence[str]) -> GenerationConfig:
     """The `dit-demo` config as the generation half will build it (loaded here to fail early)."""
-    cfg = load_config(GenerationConfig, PRESETS["dit"], list(dit_overrides))
+    cfg = load_config(GenerationConfig, PRESETS["dit"], list(dit_overrides), prefix="dit.")
     validate_dit(cfg)
     return cfg
 
@@ -75,10 +75,11 @@ def plan_demo(out: str | Path, overrides: Sequence[str] = ()) -> DemoPlan:
     stage("pre-training (KEY=VALUE)", lambda: validate(cfg))
     dcfg = stage("decoder fine-tuning (decoder.KEY=VALUE)", lambda: load_config(
         FinetuneDecoderConfig, PRESETS["decoder"],
-        [f"init={out}", f"train.out_dir={out / 'decoder'}", f"train.seed={cfg.train.seed}", *parts["decoder"]]))
+        [f"init={out}", f"train.out_dir={out / 'decoder'}", f"train.seed={cfg.train.seed}", *parts["decoder"]],
+        prefix="decoder."))
     stage("decoder fine-tuning (decoder.KEY=VALUE)", lambda: validate_finetune(dcfg))
     gcfg = stage("generation (generation.KEY=VALUE)", lambda: load_config(GenerationDemoConfig, None,
-                                                                             parts["generation"]))
+                                                                             parts["generation"], prefix="generation."))
     validate_demo(gcfg)
     if gcfg.enabled:
         stage("the DiT (dit.KEY=VALUE)", lambda: dit_config(parts["dit"]))

@@ -98,7 +98,7 @@ class Suite:
                 "size": size, "preprocess": method, "crop_pct": o.crop_pct if method == "crop" else None}
         if mode != "auto":
             meta["mode"] = mode
-        if o.precision != "auto":  # auto computes what earlier versions did: their caches stay valid
+        if o.precision != "auto":  # auto is keyed by the key's absence: caches without one are auto's
             meta["precision"] = precision
         lp = inc = None
         if "recon" in kinds:

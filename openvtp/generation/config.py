@@ -27,7 +27,7 @@ class DiTConfig:
     num_heads: int = 0
     patch_size: int = 0
     mlp_ratio: float = 4.0
-    use_qknorm: bool = False  # VTP's configs: off
+    use_qk_norm: bool = False  # VTP's configs: off
     use_swiglu: bool = True
     use_rmsnorm: bool = True
     use_rope: bool = True
@@ -40,7 +40,7 @@ class LatentDataConfig:
     stats: str = ""  # latents_stats.pt; '' means <latents_dir>/latents_stats.pt
     num_classes: int = 1000
     latent_multiplier: float = 1.0  # LightningDiT's: normalised latents are multiplied by it
-    num_workers: int = 2
+    workers: int = 2  # DataLoader worker processes
     tokenizer: str = ""  # VTP checkpoint dir; decodes samples (sample, gfid)
 
 
@@ -53,22 +53,28 @@ class FlowConfig:
 
 
 @dataclass
-class DiTTrainConfig:
-    run_dir: str = "runs/dit"
-    steps: int = 100_000
-    batch_size: int = 1024  # global, split over ranks
-    lr: float = 2e-4  # constant
+class DiTOptimConfig:
+    """AdamW at a constant learning rate: no warmup, no decay schedule (VTP's configs)."""
+
+    lr: float = 2e-4
     beta1: float = 0.9
     beta2: float = 0.95
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # 0: no clipping (VTP's configs set none); the norm is logged anyway
+
+
+@dataclass
+class DiTTrainConfig:
+    out_dir: str = "runs/dit"
+    steps: int = 100_000
+    batch: int = 1024  # global, split over ranks
     ema_decay: float = 0.9999
     seed: int = 0
     log_every: int = 100
     ckpt_every: int = 20_000  # 0: only at the end
-    keep_last: int = 3
+    keep_last: int = 3  # 0: keep every checkpoint
     max_bad_steps: int = 5  # consecutive non-finite steps (skipped) before the run stops
-    resume: str = ""  # '' fresh, 'latest' newest checkpoint in run_dir, or a checkpoint dir
+    resume: str = ""  # '' fresh, 'latest' newest checkpoint in out_dir, or a checkpoint dir
     time_limit_s: float = 0.0  # stop (and checkpoint) after this long; 0: no limit
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -88,7 +94,7 @@ class SampleConfig:
     cfg_interval_end: float = 1.0
     guided_channels: int = 0  # 0 = all channels; 3 = LightningDiT's released code
     num_samples: int = 50_000
-    batch_size: int = 64  # per process
+    batch: int = 64  # per process
     seed: int = 0
     use_ema: bool = True
     save_png: bool = True
@@ -98,8 +104,8 @@ class SampleConfig:
 @dataclass
 class FIDConfig:
     reference: str = ""  # ADM reference batch / stats .npz, or an image folder
-    inception: str = "auto"  # "auto" | weights path | "random" (tests only)
-    batch_size: int = 50
+    weights: str = "auto"  # the Inception network's: "auto" | weights path | "random" (tests only)
+    batch: int = 50
     labels: str = "balanced"  # class labels of the samples: "balanced" (exact counts) | "random" (LightningDiT)
     is_split_size: int = 5000  # Inception Score over contiguous chunks of this many images, as ADM's evaluator
 
@@ -109,6 +115,7 @@ class GenerationConfig:
     model: DiTConfig = field(default_factory=DiTConfig)
     data: LatentDataConfig = field(default_factory=LatentDataConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    optim: DiTOptimConfig = field(default_factory=DiTOptimConfig)
     train: DiTTrainConfig = field(default_factory=DiTTrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     fid: FIDConfig = field(default_factory=FIDConfig)
@@ -120,7 +127,7 @@ def dit_kwargs(cfg: DiTConfig) -> dict:
     for key in ("hidden_size", "depth", "num_heads", "patch_size"):
         if getattr(cfg, key) > 0:
             size[key] = getattr(cfg, key)
-    return dict(size, mlp_ratio=cfg.mlp_ratio, use_qknorm=cfg.use_qknorm, use_swiglu=cfg.use_swiglu,
+    return dict(size, mlp_ratio=cfg.mlp_ratio, use_qknorm=cfg.use_qk_norm, use_swiglu=cfg.use_swiglu,
                 use_rmsnorm=cfg.use_rmsnorm, use_rope=cfg.use_rope, class_dropout_prob=cfg.class_dropout_prob)
 
 
@@ -131,7 +138,7 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 def validate(cfg: GenerationConfig, world_size: int = 1) -> None:
     """Reject impossible values before any data or model is built."""
-    m, d, f, t, s, q = cfg.model, cfg.data, cfg.flow, cfg.train, cfg.sample, cfg.fid
+    m, d, f, o, t, s, q = cfg.model, cfg.data, cfg.flow, cfg.optim, cfg.train, cfg.sample, cfg.fid
     _check(m.arch in DIT_PRESETS, "model.arch", f"unknown '{m.arch}' (known: {', '.join(DIT_PRESETS)})")
     for key in ("hidden_size", "depth", "num_heads", "patch_size"):
         _check(getattr(m, key) >= 0, f"model.{key}", "must be >= 0 (0 takes the arch's value)")
@@ -147,22 +154,22 @@ def validate(cfg: GenerationConfig, world_size: int = 1) -> None:
     _check(0.0 <= m.class_dropout_prob < 1.0, "model.class_dropout_prob", "must be in [0, 1)")
     _check(d.num_classes >= 1, "data.num_classes", "must be >= 1")
     _check(d.latent_multiplier > 0, "data.latent_multiplier", "must be > 0")
-    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _check(d.workers >= 0, "data.workers", "must be >= 0")
     _check(f.timestep_sampling in TIMESTEP_SAMPLING, "flow.timestep_sampling",
            f"unknown '{f.timestep_sampling}' (choose from {', '.join(TIMESTEP_SAMPLING)})")
     _check(f.lognorm_sigma > 0, "flow.lognorm_sigma", "must be > 0")
     _check(f.cos_weight >= 0, "flow.cos_weight", "must be >= 0")
     _check(t.steps > 0, "train.steps", "must be > 0")
-    _check(t.batch_size > 0 and t.batch_size % world_size == 0, "train.batch_size",
-           f"{t.batch_size} must be positive and divisible by the world size {world_size}")
-    _check(t.lr > 0, "train.lr", "must be > 0")
-    _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
-    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-    _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
+    _check(o.lr > 0, "optim.lr", "must be > 0")
+    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1/beta2", "must be in [0, 1)")
+    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _check(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)")
+    _check(t.batch > 0 and t.batch % world_size == 0, "train.batch",
+           f"{t.batch} must be positive and divisible by the world size {world_size}")
     _check(0 <= t.ema_decay <= 1, "train.ema_decay", "must be in [0, 1]")
     _check(t.log_every > 0, "train.log_every", "must be > 0")
     _check(t.ckpt_every >= 0, "train.ckpt_every", "must be >= 0")
-    _check(t.keep_last >= 0, "train.keep_last", "must be >= 0 (0: keep every checkpoint)")
+    _check(t.keep_last >= 0, "train.keep_last", "must be >= 0 (0 = keep every checkpoint)")
     _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
     _check(t.time_limit_s >= 0, "train.time_limit_s", "must be >= 0 (0 = no limit)")
     _check(t.precision in PRECISIONS, "train.precision", f"choose from {', '.join(PRECISIONS)}")
@@ -175,8 +182,8 @@ def validate(cfg: GenerationConfig, world_size: int = 1) -> None:
            "need 0 <= start <= end <= 1")
     _check(s.guided_channels >= 0, "sample.guided_channels", "must be >= 0 (0 = all)")
     _check(s.num_samples > 0, "sample.num_samples", "must be > 0")
-    _check(s.batch_size > 0, "sample.batch_size", "must be > 0")
+    _check(s.batch > 0, "sample.batch", "must be > 0")
     _check(s.grid_images >= 0, "sample.grid_images", "must be >= 0")
-    _check(q.batch_size > 0, "fid.batch_size", "must be > 0")
+    _check(q.batch > 0, "fid.batch", "must be > 0")
     _check(q.labels in FID_LABELS, "fid.labels", f"unknown '{q.labels}' (choose from {', '.join(FID_LABELS)})")
     _check(q.is_split_size > 0, "fid.is_split_size", "must be > 0")

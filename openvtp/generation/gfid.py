@@ -82,7 +82,7 @@ def gfid(
     num_samples: int | None = None,
     overrides: SampleConfig | None = None,
     tokenizer: nn.Module | str | None = None,
-    inception: str = "",
+    fid_weights: str = "",
     extractor: FeatureExtractor | None = None,
     save_npz: str | Path | None = None,
     device: str = "auto",
@@ -110,7 +110,7 @@ def gfid(
     if not reference:
         raise OpenVTPError("no FID reference: pass one (ADM .npz, stats .npz or image folder) or set fid.reference")
     if extractor is None:
-        extractor = InceptionFeatures(inception or fcfg.inception, info.device, fcfg.batch_size, progress=False)
+        extractor = InceptionFeatures(fid_weights or fcfg.weights, info.device, fcfg.batch, progress=False)
     decoder = tokenizer.to(info.device).eval() if isinstance(tokenizer, nn.Module) \
         else load_tokenizer(tokenizer or cfg.data.tokenizer, info.device)
 
@@ -134,7 +134,7 @@ def gfid(
 
         # ADM's evaluator: stored statistics when the reference has them, its images' features for the rest
         stored = stored_statistics(reference)
-        ref_feats = reference_features(reference, extractor, fcfg.batch_size)
+        ref_feats = reference_features(reference, extractor, fcfg.batch)
         ref_stats = {k: stored[k] if k in stored else feature_statistics(ref_feats[k])
                      for k in ("pool", "spatial") if k in stored or (ref_feats is not None and k in ref_feats)}
         if "pool" not in ref_stats:

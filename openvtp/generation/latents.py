@@ -123,7 +123,7 @@ def extract_latents(
     precision: "fp32", "bf16" (the encoder under bf16 autocast; latents stored as float32) or "auto" (fp32).
     Resumable and torchrun-aware (see the module docstring). Returns the directory.
     """
-    precision = resolve(precision, "cpu")  # auto is float32 on every device, as before the option existed
+    precision = resolve(precision, "cpu")  # auto is float32 on every device: the tokenizer's own arithmetic
     info = dist.info(device)
     with RunFolder(out_dir, "--out", dist.is_main(), info.device, resume=()) as run:
         return _extract(run, info.device, tokenizer, dataset, Path(out_dir), image_size, batch_size, shard_size,
@@ -153,7 +153,7 @@ def _extract(run: RunFolder, device: torch.device, tokenizer: nn.Module, dataset
         if old["num_images"] != n or old["shard_size"] != shard_size:
             raise OpenVTPError(f"{out} holds latents of another dataset ({old['num_images']} images, shard size "
                                f"{old['shard_size']}); use a new output directory")
-        if old.get("precision", "fp32") != precision:  # folders of earlier versions were float32
+        if old.get("precision", "fp32") != precision:  # an index.json without the key holds float32 latents
             raise OpenVTPError(f"{out} holds latents encoded in {old.get('precision', 'fp32')}, not {precision}; "
                                f"resume with --precision {old.get('precision', 'fp32')} or use a new output directory")
     elif dist.is_main():  # the layout is recorded first, so a resumed run can check it

@@ -193,7 +193,7 @@ def iter_samples(model: LightningDiT, decode: Callable[[torch.Tensor], torch.Ten
     """
     indices = torch.arange(len(labels)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
     shape = (model.in_channels, model.input_size, model.input_size)
-    batches = indices.split(cfg.batch_size)
+    batches = indices.split(cfg.batch)
     for idx in tqdm(batches, desc="sampling", unit="batch", disable=not progress):
         y = labels[idx]
         z = sample_latents(model, y, sample_noise(idx, shape, cfg.seed), cfg)

@@ -96,7 +96,7 @@ def dit_loss(cfg: GenerationConfig, model: LightningDiT, train_model: torch.nn.M
     whole global batch from (seed, step) and this rank takes its slice, so the run does not depend on the world size.
     `train_model` is `model` or its DDP wrapper."""
     world, rank = dist.world_size(), dist.rank()
-    B = cfg.train.batch_size
+    B = cfg.train.batch
     b = B // world
     g = seeding.generator(cfg.train.seed, seeding.NOISE, step, device)
     t_all = sample_timesteps(B, cfg.flow.timestep_sampling, cfg.flow.lognorm_mu, cfg.flow.lognorm_sigma, g)
@@ -119,7 +119,7 @@ def dit_step(cfg: GenerationConfig, model: LightningDiT, train_model: torch.nn.M
     terms = dit_loss(cfg, model, train_model, loss_fn, x, y, step, device, precision)
     bad = (~torch.isfinite(terms["loss"].detach())).float()
     terms["loss"].backward()
-    max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")  # inf: measure only
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")  # inf: measure only
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     skip = ((dist.all_reduce_sum(bad) > 0) | ~torch.isfinite(grad_norm)).float()
     opt.found_inf = skip
@@ -150,38 +150,39 @@ def train_dit(cfg: GenerationConfig, callback: Callable[[int, dict | None], None
     """
     info = dist.info(cfg.train.device)
     validate(cfg, dist.world_size())
-    with RunFolder(cfg.train.run_dir, "train.run_dir", dist.is_main(), info.device, cfg.train.resume) as run:
+    with RunFolder(cfg.train.out_dir, "train.out_dir", dist.is_main(), info.device, cfg.train.resume) as run:
         return _train_dit(cfg, info, run, callback)
 
 
 def _train_dit(cfg: GenerationConfig, info: dist.DistInfo, run: RunFolder,
                callback: Callable[[int, dict | None], None] | None) -> list[float]:
     tc, device, main = cfg.train, info.device, info.rank == 0
-    run_dir = Path(tc.run_dir)
+    out = Path(tc.out_dir)
     data, stats = latent_data(cfg)
     torch.manual_seed(tc.seed)
     model, kwargs = build_dit_for_data(cfg, data.latent_shape)
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                            weight_decay=cfg.optim.weight_decay,
                             fused=True)
-    start = resume_dit(cfg, run_dir, kwargs, model, ema, opt)
-    config_yaml = open_run_dir(run_dir, cfg, main)
+    start = resume_dit(cfg, out, kwargs, model, ema, opt)
+    config_yaml = open_run_dir(out, cfg, main)
     train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if info.world_size > 1 else model
     model.train()
     loss_fn = FlowMatchingLoss(cfg.flow.timestep_sampling, cfg.flow.lognorm_mu, cfg.flow.lognorm_sigma,
                                cfg.flow.cos_weight)
-    sampler = StepBatches(len(data), tc.batch_size, tc.seed, start, tc.steps, info.rank, info.world_size)
-    loader = DataLoader(data, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+    sampler = StepBatches(len(data), tc.batch, tc.seed, start, tc.steps, info.rank, info.world_size)
+    loader = DataLoader(data, batch_sampler=sampler, num_workers=cfg.data.workers,
                         pin_memory=device.type == "cuda", worker_init_fn=quiet_worker)
-    logger = RunLogger(run_dir, tc.steps, start, enabled=main, desc="train dit", tensorboard=tc.tensorboard,
+    logger = RunLogger(out, tc.steps, start, enabled=main, desc="train dit", tensorboard=tc.tensorboard,
                        progress=tc.progress)
     run.on_exit(logger.close)
 
     def state(at: int) -> dict:
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": at,
-                "samples_seen": at * tc.batch_size, "rng": {"torch": torch.get_rng_state()},
+                "samples_seen": at * tc.batch, "rng": {"torch": torch.get_rng_state()},
                 "config": config_to_dict(cfg), "dit_kwargs": kwargs, "latent_stats": stats}
 
     def step_fn(step: int, batch, log_due: bool) -> Step:
@@ -189,7 +190,7 @@ def _train_dit(cfg: GenerationConfig, info: dist.DistInfo, run: RunFolder,
         terms, grad_norm, skip = dit_step(cfg, model, train_model, ema, opt, loss_fn, x, y, step, device,
                                           tc.precision)
         terms = {k: v.detach() for k, v in terms.items()}
-        return Step(skip, dict(terms, grad_norm=grad_norm) if log_due else {}, {"lr": tc.lr}, loss=terms["loss"])
+        return Step(skip, dict(terms, grad_norm=grad_norm) if log_due else {}, {"lr": cfg.optim.lr}, loss=terms["loss"])
 
     def after_step(done: int, scalars: dict | None, batch) -> None:
         logger.step(done, scalars)
@@ -197,9 +198,9 @@ def _train_dit(cfg: GenerationConfig, info: dist.DistInfo, run: RunFolder,
             callback(done, scalars)
 
     ended = run_steps(run, tc, enumerate(loader, start), step_fn,
-                      checkpointer(run_dir, main, config_yaml, tc.keep_last, state), start=start,
-                      batch=tc.batch_size, device=device, out=run_dir, warn=logger.warn, after_step=after_step,
-                      keep_losses=True, hint="train.lr")
+                      checkpointer(out, main, config_yaml, tc.keep_last, state), start=start,
+                      batch=tc.batch, device=device, out=out, warn=logger.warn, after_step=after_step,
+                      keep_losses=True, hint="optim.lr")
     logger.close()
     return ended.losses
 
@@ -219,11 +220,11 @@ def latent_data(cfg: GenerationConfig) -> tuple[LatentDataset, dict]:
     return data, stats
 
 
-def resume_dit(cfg: GenerationConfig, run_dir: Path, kwargs: dict, model: LightningDiT, ema: torch.nn.Module,
+def resume_dit(cfg: GenerationConfig, out: Path, kwargs: dict, model: LightningDiT, ema: torch.nn.Module,
                opt: torch.optim.Optimizer) -> int:
     """Load the checkpoint `train.resume` names into model, EMA, optimiser and the torch RNG; the step it was at
     (0 for a fresh run)."""
-    resume = resolve_resume(run_dir, cfg.train.resume)
+    resume = resolve_resume(out, cfg.train.resume)
     if resume is None:
         return 0
     state = load_checkpoint(resume)

@@ -1,4 +1,4 @@
-"""`VTPConfig`: the released checkpoint's config, field for field.
+"""`VTPConfig`: the released checkpoint's config, field for field but for `FIXED_FIELDS`.
 
 Field names and the flat layout are those of the released `config.json` (model_type "vtp"),
 so a config written here loads in code written for the released models and vice versa.
@@ -10,12 +10,26 @@ import dataclasses
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Optional, Union, get_args, get_origin, get_type_hints
 
 from openvtp.errors import OpenVTPError
 
 # Keys the released config.json carries that describe the file, not the model.
 METADATA_KEYS = ("architectures", "model_type", "transformers_version", "dtype", "torch_dtype")
+# Fields of the released config.json that can take only one value here: the released models all use it and the
+# other values build towers this implementation does not have. They are not VTPConfig fields (nothing could read
+# another value); loading checks them, and saving writes them at these values, so a file written here still lists
+# every field of the released config class: {key: (value written, accepts(value), error for any other value)}.
+FIXED_FIELDS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
+    "text_ls_init_value": (None, lambda v: v is None or (type(v) in (int, float) and v == 0),
+                           "text_ls_init_value is not supported (the released code never initialises it)"),
+    # the pad id matters only to text_embed_cls's mask: any integer builds the same model
+    "text_pad_id": (0, lambda v: isinstance(v, int) and not isinstance(v, bool), "text_pad_id must be an integer"),
+    "text_pool_type": ("argmax", lambda v: v == "argmax", "only text_pool_type='argmax' is supported"),
+    "text_proj_type": ("linear", lambda v: v == "linear", "only text_proj_type='linear' is supported"),
+    "text_embed_cls": (False, lambda v: v is False, "text_embed_cls=true is not supported"),
+    "text_output_tokens": (False, lambda v: v is False, "text_output_tokens=true is not supported"),
+}
 NORM_LAYERS = ("rmsnorm", "layernorm")
 FFN_LAYERS = ("swiglu", "mlp")
 
@@ -54,14 +68,8 @@ class VTPConfig:
     text_num_heads: int = 12
     text_mlp_ratio: float = 4.0
     text_quick_gelu: bool = False
-    text_ls_init_value: Optional[float] = None
-    text_pad_id: int = 0
-    text_pool_type: str = "argmax"
-    text_proj_type: str = "linear"
     text_proj_bias: bool = False
-    text_embed_cls: bool = False
     text_no_causal_mask: bool = False
-    text_output_tokens: bool = False
     # CLIP head
     init_logit_scale: Optional[float] = None
     init_logit_bias: Optional[float] = None
@@ -110,12 +118,6 @@ class VTPConfig:
         need(self.vision_ffn_layer in FFN_LAYERS, f"vision_ffn_layer must be one of {FFN_LAYERS}")
         need(self.decoder_ffn_layer in FFN_LAYERS, f"decoder_ffn_layer must be one of {FFN_LAYERS}")
         need(self.vision_clip_feat in ("cls", "pooled"), "vision_clip_feat must be 'cls' or 'pooled'")
-        # Options the released configs never use and this implementation does not build.
-        need(self.text_pool_type == "argmax", "only text_pool_type='argmax' is supported")
-        need(self.text_proj_type == "linear", "only text_proj_type='linear' is supported")
-        need(not self.text_embed_cls, "text_embed_cls=true is not supported")
-        need(not self.text_output_tokens, "text_output_tokens=true is not supported")
-        need(not self.text_ls_init_value, "text_ls_init_value is not supported (the released code never initialises it)")
 
     # ------------------------------------------------------------------ io
     @classmethod
@@ -127,6 +129,9 @@ class VTPConfig:
             raise OpenVTPError(f"{source}: model_type is '{model_type}', expected 'vtp'")
         for key in METADATA_KEYS:
             data.pop(key, None)
+        for key, (_, accepts, message) in FIXED_FIELDS.items():
+            if key in data and not accepts(data.pop(key)):
+                raise OpenVTPError(f"{source}: {message}")
         hints = get_type_hints(cls)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -136,8 +141,9 @@ class VTPConfig:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """The released config.json layout (sorted keys, metadata included)."""
+        """The released config.json layout (sorted keys, metadata and the fixed fields included)."""
         out: dict[str, Any] = dataclasses.asdict(self)
+        out.update({key: value for key, (value, _, _) in FIXED_FIELDS.items()})
         out.update(architectures=["VTPModel"], model_type="vtp", dtype="float32")
         return dict(sorted(out.items()))
 

@@ -71,7 +71,8 @@ def temp_dir(parent: Path, name: str) -> Path:
 
 def remove_stale_temps(*folders: Path, prefixes: tuple[str, ...] = ()) -> list[Path]:
     """Remove what killed atomic writes left in `folders` (call only while no other process writes there), and
-    entries whose names start with one of `prefixes` (temporary names of earlier versions)."""
+    entries whose names start with one of `prefixes` (unmarked temporary names, which folders written by other
+    openvtp versions can hold)."""
     removed = []
     for folder in folders:
         if not folder.is_dir():

@@ -96,7 +96,7 @@ def release_lock(path: Path, fd: int) -> None:
 class RunFolder:
     """Context manager a loop holds around its work in `path` (see the module docstring).
 
-    what: the setting that names the folder in messages (`train.out_dir`, `train.run_dir`, `--out`).
+    what: the setting that names the folder in messages (`train.out_dir`, `--out`).
     main: whether this process holds the lock and tidies the folder (rank 0). device: for the ranks to agree.
     resume_setting: the run's `train.resume`; 'latest' with no checkpoint to resume is reported, not an error.
     resume: the overrides that resume this run from its newest checkpoint, for the interrupt message.
