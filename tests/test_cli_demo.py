@@ -95,11 +95,11 @@ def test_a_fired_safety_net_is_loud(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("decoder.gan.start_step=-1", "decoder fine-tuning (decoder.KEY=VALUE): config: gan.start_step must be >= 0"),
+    ("decoder.gan.start_step=-1", "decoder fine-tuning (decoder.KEY=VALUE): config 'gan.start_step': must be >= 0"),
     ("dit.train.steps=0", "the DiT (dit.KEY=VALUE): config 'train.steps': must be > 0"),
     ("generation.num_imagez=5", "Did you mean: 'num_images'"),
     ("generation.judge_steps=5", "generation.judge_steps"),
-    ("train.steps=0", "pre-training (KEY=VALUE): config: train.steps must be positive"),
+    ("train.steps=0", "pre-training (KEY=VALUE): config 'train.steps': must be positive"),
 ])
 def test_demo_rejects_a_bad_override_of_any_stage_before_any_work(tmp_path, override, message):
     run = tmp_path / "demo"

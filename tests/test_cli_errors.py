@@ -107,9 +107,9 @@ def test_config_mistakes_are_one_line_and_create_nothing(tmp_path):
         (["--config", bad], f"invalid YAML in {bad}, line 3, column 1: did not find expected ',' or ']'"),
         (["--config", typo], f"config error in {typo} at 'train.stepz': Key 'stepz' not in 'TrainConfig'"),
         (["--config", "demo", "train.stepz=1"], "config error in command line at 'train.stepz'"),
-        (["--config", "demo", "optim.lr=-1"], "optim.lr must be positive, got -1.0"),
-        (["--config", "demo", "train.batch=-4"], "train.batch must be positive, got -4"),
-        (["--config", "demo", "train.batch=0", "ssl.weight=0", "recon.weight=0"], "train.batch must be positive"),
+        (["--config", "demo", "optim.lr=-1"], "config 'optim.lr': must be positive, got -1.0"),
+        (["--config", "demo", "train.batch=-4"], "config 'train.batch': must be positive, got -4"),
+        (["--config", "demo", "train.batch=0", "ssl.weight=0", "recon.weight=0"], "config 'train.batch': must be positive"),
     ]
     for args, needle in cases:
         one_line_error(cli("pretrain", *args, f"train.out_dir={run}"), needle)

@@ -92,11 +92,11 @@ def test_fsdp_resume_latest_continues_exactly(runs, tmp_path):
 
 
 def test_unknown_parallel_strategy_fails_before_work(tmp_path):
-    with pytest.raises(OpenVTPError, match="train.parallel must be ddp or fsdp"):
+    with pytest.raises(OpenVTPError, match="config .train.parallel.: must be ddp or fsdp"):
         validate(tiny_config(tmp_path, "train.parallel=foo"))
     run = tmp_path / "run"
     proc = _cli("pretrain", "--config", "demo", *TINY, "train.parallel=foo", f"train.out_dir={run}")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert err.strip().splitlines() == ["openvtp pretrain: error: config: train.parallel must be ddp or fsdp, got 'foo'"]
+    assert err.strip().splitlines() == ["openvtp pretrain: error: config 'train.parallel': must be ddp or fsdp, got 'foo'"]
     assert not run.exists()

@@ -90,7 +90,7 @@ def test_config_errors_before_work(tmp_path):
         validate(tiny_config(tmp_path), world_size=3)
     with pytest.raises(OpenVTPError, match="nothing to train"):
         validate(tiny_config(tmp_path, "clip.weight=0", "ssl.weight=0", "recon.weight=0"))
-    with pytest.raises(OpenVTPError, match="shape_twins needs an even batch"):
+    with pytest.raises(OpenVTPError, match="shape_twins.: needs an even batch"):
         validate(tiny_config(tmp_path, "data.shape_twins=true"), world_size=8)
 
 

@@ -180,105 +180,115 @@ class FinetuneDecoderConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=20000, batch=256, out_dir="runs/decoder"))
 
 
-def _need(cond: bool, msg: str) -> None:
-    if not cond:
-        raise OpenVTPError(f"config: {msg}")
+def require(ok: bool, key: str, message: str) -> None:
+    """The one way configs are checked: `config 'KEY': MESSAGE` when `ok` is false."""
+    if not ok:
+        raise OpenVTPError(f"config '{key}': {message}")
 
 
 def _validate_common(t: TrainConfig, d: DataConfig, o: OptimConfig, e: EvalDuringTraining) -> None:
     """Checks shared by every config tree that has `train`, `data`, `optim` and `eval` sections."""
-    _need(t.steps > 0, "train.steps must be positive")
-    _need(t.batch > 0, f"train.batch must be positive, got {t.batch}")
-    _need(t.log_every > 0, "train.log_every must be positive")
-    _need(t.ckpt_every > 0, "train.ckpt_every must be positive")
-    _need(t.image_every >= 0, "train.image_every must be >= 0 (0: no grids during training)")
-    _need(t.keep_last >= 0, "train.keep_last must be >= 0 (0: keep every checkpoint)")
-    _need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
-    _need(t.time_limit_s >= 0, "train.time_limit_s must be >= 0 (0: no limit)")
-    _need(d.workers >= 0, "data.workers must be >= 0")
-    _need(d.shuffle_buffer >= 0, "data.shuffle_buffer must be >= 0")
-    _need(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
-    _need(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr], got {o.min_lr}")
-    _need(o.weight_decay >= 0 and o.weight_decay_end >= 0, "optim.weight_decay and optim.weight_decay_end must be >= 0")
-    _need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
-    _need(o.eps > 0, "optim.eps must be positive")
-    _need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
-    _need(o.grad_clip >= 0, "optim.grad_clip must be >= 0 (0: no clipping)")
-    _need(o.clip_mode in ("module", "global"), "optim.clip_mode must be module or global")
-    _need(0 < o.layer_decay <= 1, "optim.layer_decay must be in (0, 1]")
-    _need(o.patch_embed_lr_mult >= 0, "optim.patch_embed_lr_mult must be >= 0")
-    _need(e.every >= 0, "eval.every must be >= 0 (0: only at the end)")
-    _need(e.images > 0, "eval.images must be positive")
-    _need(t.threads >= 0, "train.threads must be >= 0 (0: torch's default)")
-    _need(t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}")
-    _need(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
-    _need(t.parallel in ("ddp", "fsdp"), f"train.parallel must be ddp or fsdp, got '{t.parallel}'")
-    _need(d.source in ("embedded", "shards", "folder"), "data.source must be embedded, shards or folder")
-    _need(d.source == "embedded" or d.path, f"data.path is required for data.source={d.source}")
-    _need(0 <= d.photo_fraction <= 1, "data.photo_fraction must be in [0, 1]")
-    _need(0 <= d.colours_per_batch <= 7, "data.colours_per_batch must be in 0..7 (0: every colour)")
+    require(t.steps > 0, "train.steps", "must be positive")
+    require(t.batch > 0, "train.batch", f"must be positive, got {t.batch}")
+    require(t.log_every > 0, "train.log_every", "must be positive")
+    require(t.ckpt_every > 0, "train.ckpt_every", "must be positive")
+    require(t.image_every >= 0, "train.image_every", "must be >= 0 (0: no grids during training)")
+    require(t.keep_last >= 0, "train.keep_last", "must be >= 0 (0: keep every checkpoint)")
+    require(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    require(t.time_limit_s >= 0, "train.time_limit_s", "must be >= 0 (0: no limit)")
+    require(d.workers >= 0, "data.workers", "must be >= 0")
+    require(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
+    require(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
+    require(0 <= o.min_lr <= o.lr, "optim.min_lr", f"must be in [0, optim.lr], got {o.min_lr}")
+    require(o.weight_decay >= 0 and o.weight_decay_end >= 0, "optim.weight_decay, optim.weight_decay_end",
+            "must be >= 0")
+    require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1, optim.beta2", "must be in [0, 1)")
+    require(o.eps > 0, "optim.eps", "must be positive")
+    require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0: no clipping)")
+    require(o.clip_mode in ("module", "global"), "optim.clip_mode", "must be module or global")
+    require(0 < o.layer_decay <= 1, "optim.layer_decay", "must be in (0, 1]")
+    require(o.patch_embed_lr_mult >= 0, "optim.patch_embed_lr_mult", "must be >= 0")
+    require(e.every >= 0, "eval.every", "must be >= 0 (0: only at the end)")
+    require(e.images > 0, "eval.images", "must be positive")
+    require(t.threads >= 0, "train.threads", "must be >= 0 (0: torch's default)")
+    require(t.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
+    require(t.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
+    require(t.parallel in ("ddp", "fsdp"), "train.parallel", f"must be ddp or fsdp, got '{t.parallel}'")
+    require(d.source in ("embedded", "shards", "folder"), "data.source", "must be embedded, shards or folder")
+    require(d.source == "embedded" or d.path, "data.path", f"is required for data.source={d.source}")
+    require(0 <= d.photo_fraction <= 1, "data.photo_fraction", "must be in [0, 1]")
+    require(0 <= d.colours_per_batch <= 7, "data.colours_per_batch", "must be in 0..7 (0: every colour)")
 
 
 def validate_finetune(cfg: FinetuneDecoderConfig, world_size: int = 1) -> None:
     t = cfg.train
-    _need(bool(cfg.init), "init (the stage-1 tokenizer to fine-tune) is required")
+    require(bool(cfg.init), "init", "the stage-1 tokenizer to fine-tune is required")
     _validate_common(t, cfg.data, cfg.optim, cfg.eval)
-    _need(t.batch % world_size == 0, f"train.batch {t.batch} is not divisible by the world size {world_size}")
-    _need(cfg.optim.accum_steps == 1, "optim.accum_steps must be 1 for decoder fine-tuning")
-    _need(cfg.optim.weight_decay_end == cfg.optim.weight_decay,
-          "decoder fine-tuning uses a constant weight decay: set optim.weight_decay_end = optim.weight_decay")
-    _need(t.parallel == "ddp", "decoder fine-tuning supports only train.parallel=ddp")
-    _need(not t.compile and not t.activation_checkpointing,
-          "train.compile and train.activation_checkpointing apply to pre-training only, not decoder fine-tuning")
-    _need(cfg.loss.l1_weight >= 0 and cfg.loss.lpips_weight >= 0 and cfg.gan.weight >= 0, "loss weights must be >= 0")
-    _need(cfg.loss.l1_weight > 0 or cfg.loss.lpips_weight > 0, "loss.l1_weight or loss.lpips_weight must be > 0")
-    _need(cfg.gan.start_step >= 0, "gan.start_step must be >= 0")
-    _need(cfg.gan.disc_layers >= 1 and cfg.gan.disc_channels > 0, "gan.disc_layers and gan.disc_channels must be positive")
-    _need(cfg.gan.disc_lr >= 0, "gan.disc_lr must be >= 0 (0: optim.lr)")
-    _need(cfg.gan.max_adaptive_weight > 0, "gan.max_adaptive_weight must be positive")
-    _need(all(0 <= b < 1 for b in cfg.gan.disc_betas), "gan.disc_betas must be in [0, 1)")
+    require(t.batch % world_size == 0, "train.batch", f"{t.batch} is not divisible by the world size {world_size}")
+    require(cfg.optim.accum_steps == 1, "optim.accum_steps", "must be 1 for decoder fine-tuning")
+    require(cfg.optim.weight_decay_end == cfg.optim.weight_decay, "optim.weight_decay_end",
+            "must equal optim.weight_decay: decoder fine-tuning uses a constant weight decay")
+    require(t.parallel == "ddp", "train.parallel", "decoder fine-tuning supports only ddp")
+    require(not t.compile and not t.activation_checkpointing, "train.compile, train.activation_checkpointing",
+            "apply to pre-training only, not decoder fine-tuning")
+    require(cfg.loss.l1_weight >= 0 and cfg.loss.lpips_weight >= 0 and cfg.gan.weight >= 0,
+            "loss.l1_weight, loss.lpips_weight, gan.weight", "must be >= 0")
+    require(cfg.loss.l1_weight > 0 or cfg.loss.lpips_weight > 0, "loss.l1_weight", "or loss.lpips_weight must be > 0")
+    require(cfg.gan.start_step >= 0, "gan.start_step", "must be >= 0")
+    require(cfg.gan.disc_layers >= 1 and cfg.gan.disc_channels > 0, "gan.disc_layers, gan.disc_channels",
+            "must be positive")
+    require(cfg.gan.disc_lr >= 0, "gan.disc_lr", "must be >= 0 (0: optim.lr)")
+    require(cfg.gan.max_adaptive_weight > 0, "gan.max_adaptive_weight", "must be positive")
+    require(all(0 <= b < 1 for b in cfg.gan.disc_betas), "gan.disc_betas", "must be in [0, 1)")
 
 
 def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     """Impossible configs fail here, before any data or model is built."""
     m, t = cfg.model, cfg.train
     _validate_common(t, cfg.data, cfg.optim, cfg.eval)
-    _need(cfg.clip.weight >= 0 and cfg.ssl.weight >= 0 and cfg.recon.weight >= 0, "loss weights must be >= 0")
-    _need(cfg.clip.max_logit_scale > 0, "clip.max_logit_scale must be positive")
-    _need(cfg.clip.weight > 0 or cfg.ssl.weight > 0 or cfg.recon.weight > 0, "every objective has weight 0: nothing to train")
-    _need(cfg.clip.weight == 0 or m.train_clip, "clip.weight > 0 needs a text tower (model.train_clip=true)")
-    _need(cfg.recon.weight == 0 or m.train_reconstruction, "recon.weight > 0 needs a decoder (model.train_reconstruction=true)")
+    require(cfg.clip.weight >= 0 and cfg.ssl.weight >= 0 and cfg.recon.weight >= 0,
+            "clip.weight, ssl.weight, recon.weight", "must be >= 0")
+    require(cfg.clip.max_logit_scale > 0, "clip.max_logit_scale", "must be positive")
+    require(cfg.clip.weight > 0 or cfg.ssl.weight > 0 or cfg.recon.weight > 0,
+            "clip.weight, ssl.weight, recon.weight", "all 0: nothing to train")
+    require(cfg.clip.weight == 0 or m.train_clip, "clip.weight", "> 0 needs a text tower (model.train_clip=true)")
+    require(cfg.recon.weight == 0 or m.train_reconstruction, "recon.weight",
+            "> 0 needs a decoder (model.train_reconstruction=true)")
     p = m.vision_patch_size
-    _need(m.image_size % p == 0, f"model.image_size {m.image_size} is not a multiple of the patch size {p}")
+    require(m.image_size % p == 0, "model.image_size", f"{m.image_size} is not a multiple of the patch size {p}")
     per = world_size * cfg.optim.accum_steps
-    _need(cfg.optim.accum_steps >= 1, "optim.accum_steps must be >= 1")
-    _need(t.batch % per == 0, f"train.batch {t.batch} is not divisible by world size x accum_steps ({per})")
-    _need(not cfg.data.shape_twins or (t.batch // per) % 2 == 0,
-          f"data.shape_twins needs an even batch per process and micro-step, got {t.batch // per}")
+    require(cfg.optim.accum_steps >= 1, "optim.accum_steps", "must be >= 1")
+    require(t.batch % per == 0, "train.batch", f"{t.batch} is not divisible by world size x accum_steps ({per})")
+    require(not cfg.data.shape_twins or (t.batch // per) % 2 == 0, "data.shape_twins",
+            f"needs an even batch per process and micro-step, got {t.batch // per}")
     for name, sub, on in (("ssl", cfg.ssl.batch, cfg.ssl.weight > 0), ("recon", cfg.recon.batch, cfg.recon.weight > 0)):
         if not on:
             continue
-        _need(0 < sub <= t.batch, f"{name}.batch {sub} must be in 1..train.batch ({t.batch})")
-        _need(t.batch % sub == 0, f"train.batch {t.batch} must be a multiple of {name}.batch {sub} (subsets are strided)")
-        _need(sub % per == 0, f"{name}.batch {sub} is not divisible by world size x accum_steps ({per})")
+        require(0 < sub <= t.batch, f"{name}.batch", f"{sub} must be in 1..train.batch ({t.batch})")
+        require(t.batch % sub == 0, "train.batch",
+                f"{t.batch} must be a multiple of {name}.batch {sub} (subsets are strided)")
+        require(sub % per == 0, f"{name}.batch", f"{sub} is not divisible by world size x accum_steps ({per})")
     if cfg.ssl.weight > 0:
         s = cfg.ssl
-        _need(s.global_size % p == 0 and s.local_size % p == 0,
-             f"ssl.global_size {s.global_size} and ssl.local_size {s.local_size} must be multiples of the patch size {p}")
-        _need(s.n_global >= 1 and s.n_local >= 0 and s.n_global + s.n_local >= 2, "ssl needs >= 1 global and >= 2 crops in all")
-        _need(s.centering in ("sinkhorn", "softmax"), "ssl.centering must be sinkhorn or softmax")
-        _need(0 <= s.mask_ratio[0] <= s.mask_ratio[1] < 1, "ssl.mask_ratio must satisfy 0 <= lo <= hi < 1")
-        _need(s.prototypes > 0, "ssl.prototypes must be positive")
-        _need(s.student_temp > 0 and min(s.teacher_temp) > 0, "ssl.student_temp and ssl.teacher_temp must be positive")
-        _need(s.freeze_last_layer_steps >= 0, "ssl.freeze_last_layer_steps must be >= 0")
+        require(s.global_size % p == 0 and s.local_size % p == 0, "ssl.global_size, ssl.local_size",
+                f"{s.global_size} and {s.local_size} must be multiples of the patch size {p}")
+        require(s.n_global >= 1 and s.n_local >= 0 and s.n_global + s.n_local >= 2, "ssl.n_global, ssl.n_local",
+                "need >= 1 global and >= 2 crops in all")
+        require(s.centering in ("sinkhorn", "softmax"), "ssl.centering", "must be sinkhorn or softmax")
+        require(0 <= s.mask_ratio[0] <= s.mask_ratio[1] < 1, "ssl.mask_ratio", "must satisfy 0 <= lo <= hi < 1")
+        require(s.prototypes > 0, "ssl.prototypes", "must be positive")
+        require(s.student_temp > 0 and min(s.teacher_temp) > 0, "ssl.student_temp, ssl.teacher_temp",
+                "must be positive")
+        require(s.freeze_last_layer_steps >= 0, "ssl.freeze_last_layer_steps", "must be >= 0")
         for key in ("flip_p", "jitter_p", "gray_p", "solarize_p", "mask_probability"):
-            _need(0 <= getattr(s, key) <= 1, f"ssl.{key} must be in [0, 1]")
-        _need(all(0 <= v <= 1 for v in s.blur_p), "ssl.blur_p values must be in [0, 1]")
-        _need(0 < s.blur_sigma[0] <= s.blur_sigma[1], "ssl.blur_sigma must satisfy 0 < lo <= hi")
-        _need(min(s.blur_reference) > 0, "ssl.blur_reference sizes must be positive")
-        _need(s.ibot_normalize in ("all", "masked"), "ssl.ibot_normalize must be all or masked")
-        _need(s.koleo_crops in ("sum", "mean"), "ssl.koleo_crops must be sum or mean")
-        _need(s.koleo_batch in ("rank", "global"), "ssl.koleo_batch must be rank or global")
+            require(0 <= getattr(s, key) <= 1, f"ssl.{key}", "must be in [0, 1]")
+        require(all(0 <= v <= 1 for v in s.blur_p), "ssl.blur_p", "values must be in [0, 1]")
+        require(0 < s.blur_sigma[0] <= s.blur_sigma[1], "ssl.blur_sigma", "must satisfy 0 < lo <= hi")
+        require(min(s.blur_reference) > 0, "ssl.blur_reference", "sizes must be positive")
+        require(s.ibot_normalize in ("all", "masked"), "ssl.ibot_normalize", "must be all or masked")
+        require(s.koleo_crops in ("sum", "mean"), "ssl.koleo_crops", "must be sum or mean")
+        require(s.koleo_batch in ("rank", "global"), "ssl.koleo_batch", "must be rank or global")
         koleo_n = s.batch // (per if s.koleo_batch == "rank" else cfg.optim.accum_steps)
-        _need(s.koleo_weight == 0 or koleo_n >= 2,
-              f"KoLeo needs >= 2 images per crop in its batch, got {koleo_n} (ssl.koleo_batch={s.koleo_batch})")
+        require(s.koleo_weight == 0 or koleo_n >= 2, "ssl.koleo_weight",
+                f"KoLeo needs >= 2 images per crop in its batch, got {koleo_n} (ssl.koleo_batch={s.koleo_batch})")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from openvtp.errors import OpenVTPError
+from openvtp.config.schema import require
 
 
 @dataclass
@@ -29,15 +29,10 @@ class GenerationDemoConfig:
 DEMO_CONDITIONS = ("shape_colour", "shape")
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise OpenVTPError(f"config '{key}': {message}")
-
-
 def validate_demo(cfg: GenerationDemoConfig) -> None:
     """The `generation.` keys of `openvtp demo`, before any work."""
-    _check(cfg.condition in DEMO_CONDITIONS, "generation.condition", f"choose from {', '.join(DEMO_CONDITIONS)}")
+    require(cfg.condition in DEMO_CONDITIONS, "generation.condition", f"choose from {', '.join(DEMO_CONDITIONS)}")
     for key in ("num_images", "eval_samples", "reference_images", "threads"):
-        _check(getattr(cfg, key) > 0, f"generation.{key}", "must be > 0")
-    _check(cfg.judge_steps >= 20, "generation.judge_steps", "must be >= 20 (its one-cycle schedule warms up for 10%)")
-    _check(cfg.grid_per_class >= 0, "generation.grid_per_class", "must be >= 0 (0: the default layout)")
+        require(getattr(cfg, key) > 0, f"generation.{key}", "must be > 0")
+    require(cfg.judge_steps >= 20, "generation.judge_steps", "must be >= 20 (its one-cycle schedule warms up for 10%)")
+    require(cfg.grid_per_class >= 0, "generation.grid_per_class", "must be >= 0 (0: the default layout)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from openvtp.errors import OpenVTPError
+from openvtp.config.schema import require
 from openvtp.models.dit_sizes import DIT_PRESETS
 from openvtp.runtime.precision import PRECISIONS
 
@@ -131,59 +131,54 @@ def dit_kwargs(cfg: DiTConfig) -> dict:
                 use_rmsnorm=cfg.use_rmsnorm, use_rope=cfg.use_rope, class_dropout_prob=cfg.class_dropout_prob)
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise OpenVTPError(f"config '{key}': {message}")
-
-
 def validate(cfg: GenerationConfig, world_size: int = 1) -> None:
     """Reject impossible values before any data or model is built."""
     m, d, f, o, t, s, q = cfg.model, cfg.data, cfg.flow, cfg.optim, cfg.train, cfg.sample, cfg.fid
-    _check(m.arch in DIT_PRESETS, "model.arch", f"unknown '{m.arch}' (known: {', '.join(DIT_PRESETS)})")
+    require(m.arch in DIT_PRESETS, "model.arch", f"unknown '{m.arch}' (known: {', '.join(DIT_PRESETS)})")
     for key in ("hidden_size", "depth", "num_heads", "patch_size"):
-        _check(getattr(m, key) >= 0, f"model.{key}", "must be >= 0 (0 takes the arch's value)")
+        require(getattr(m, key) >= 0, f"model.{key}", "must be >= 0 (0 takes the arch's value)")
     k = dit_kwargs(m)
-    _check(k["patch_size"] in (1, 2), "model.patch_size", f"must be 1 or 2, got {k['patch_size']}")
-    _check(k["hidden_size"] % k["num_heads"] == 0, "model.hidden_size",
+    require(k["patch_size"] in (1, 2), "model.patch_size", f"must be 1 or 2, got {k['patch_size']}")
+    require(k["hidden_size"] % k["num_heads"] == 0, "model.hidden_size",
            f"{k['hidden_size']} is not divisible by num_heads {k['num_heads']}")
-    _check(k["hidden_size"] % 4 == 0, "model.hidden_size", "must be a multiple of 4 (2-D sin-cos positions)")
+    require(k["hidden_size"] % 4 == 0, "model.hidden_size", "must be a multiple of 4 (2-D sin-cos positions)")
     if m.use_rope:
-        _check((k["hidden_size"] // k["num_heads"]) % 4 == 0, "model.num_heads",
+        require((k["hidden_size"] // k["num_heads"]) % 4 == 0, "model.num_heads",
                f"head dim {k['hidden_size'] // k['num_heads']} must be a multiple of 4 for 2-D RoPE")
-    _check(m.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
-    _check(0.0 <= m.class_dropout_prob < 1.0, "model.class_dropout_prob", "must be in [0, 1)")
-    _check(d.num_classes >= 1, "data.num_classes", "must be >= 1")
-    _check(d.latent_multiplier > 0, "data.latent_multiplier", "must be > 0")
-    _check(d.workers >= 0, "data.workers", "must be >= 0")
-    _check(f.timestep_sampling in TIMESTEP_SAMPLING, "flow.timestep_sampling",
+    require(m.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
+    require(0.0 <= m.class_dropout_prob < 1.0, "model.class_dropout_prob", "must be in [0, 1)")
+    require(d.num_classes >= 1, "data.num_classes", "must be >= 1")
+    require(d.latent_multiplier > 0, "data.latent_multiplier", "must be > 0")
+    require(d.workers >= 0, "data.workers", "must be >= 0")
+    require(f.timestep_sampling in TIMESTEP_SAMPLING, "flow.timestep_sampling",
            f"unknown '{f.timestep_sampling}' (choose from {', '.join(TIMESTEP_SAMPLING)})")
-    _check(f.lognorm_sigma > 0, "flow.lognorm_sigma", "must be > 0")
-    _check(f.cos_weight >= 0, "flow.cos_weight", "must be >= 0")
-    _check(t.steps > 0, "train.steps", "must be > 0")
-    _check(o.lr > 0, "optim.lr", "must be > 0")
-    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1/beta2", "must be in [0, 1)")
-    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    _check(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)")
-    _check(t.batch > 0 and t.batch % world_size == 0, "train.batch",
+    require(f.lognorm_sigma > 0, "flow.lognorm_sigma", "must be > 0")
+    require(f.cos_weight >= 0, "flow.cos_weight", "must be >= 0")
+    require(t.steps > 0, "train.steps", "must be > 0")
+    require(o.lr > 0, "optim.lr", "must be > 0")
+    require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1/beta2", "must be in [0, 1)")
+    require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = off)")
+    require(t.batch > 0 and t.batch % world_size == 0, "train.batch",
            f"{t.batch} must be positive and divisible by the world size {world_size}")
-    _check(0 <= t.ema_decay <= 1, "train.ema_decay", "must be in [0, 1]")
-    _check(t.log_every > 0, "train.log_every", "must be > 0")
-    _check(t.ckpt_every >= 0, "train.ckpt_every", "must be >= 0")
-    _check(t.keep_last >= 0, "train.keep_last", "must be >= 0 (0 = keep every checkpoint)")
-    _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
-    _check(t.time_limit_s >= 0, "train.time_limit_s", "must be >= 0 (0 = no limit)")
-    _check(t.precision in PRECISIONS, "train.precision", f"choose from {', '.join(PRECISIONS)}")
-    _check(s.method in SAMPLERS, "sample.method", f"unknown '{s.method}' (choose from {', '.join(SAMPLERS)})")
-    _check(s.num_steps >= 2, "sample.num_steps", "must be >= 2 (grid points including both ends)")
-    _check(s.timestep_shift >= 0, "sample.timestep_shift", "must be >= 0 (0 = no shift)")
-    _check(s.atol > 0 and s.rtol > 0, "sample.atol/rtol", "must be > 0")
-    _check(s.cfg_scale >= 0, "sample.cfg_scale", "must be >= 0")
-    _check(0 <= s.cfg_interval_start <= s.cfg_interval_end <= 1, "sample.cfg_interval_start/end",
+    require(0 <= t.ema_decay <= 1, "train.ema_decay", "must be in [0, 1]")
+    require(t.log_every > 0, "train.log_every", "must be > 0")
+    require(t.ckpt_every >= 0, "train.ckpt_every", "must be >= 0")
+    require(t.keep_last >= 0, "train.keep_last", "must be >= 0 (0 = keep every checkpoint)")
+    require(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    require(t.time_limit_s >= 0, "train.time_limit_s", "must be >= 0 (0 = no limit)")
+    require(t.precision in PRECISIONS, "train.precision", f"choose from {', '.join(PRECISIONS)}")
+    require(s.method in SAMPLERS, "sample.method", f"unknown '{s.method}' (choose from {', '.join(SAMPLERS)})")
+    require(s.num_steps >= 2, "sample.num_steps", "must be >= 2 (grid points including both ends)")
+    require(s.timestep_shift >= 0, "sample.timestep_shift", "must be >= 0 (0 = no shift)")
+    require(s.atol > 0 and s.rtol > 0, "sample.atol/rtol", "must be > 0")
+    require(s.cfg_scale >= 0, "sample.cfg_scale", "must be >= 0")
+    require(0 <= s.cfg_interval_start <= s.cfg_interval_end <= 1, "sample.cfg_interval_start/end",
            "need 0 <= start <= end <= 1")
-    _check(s.guided_channels >= 0, "sample.guided_channels", "must be >= 0 (0 = all)")
-    _check(s.num_samples > 0, "sample.num_samples", "must be > 0")
-    _check(s.batch > 0, "sample.batch", "must be > 0")
-    _check(s.grid_images >= 0, "sample.grid_images", "must be >= 0")
-    _check(q.batch > 0, "fid.batch", "must be > 0")
-    _check(q.labels in FID_LABELS, "fid.labels", f"unknown '{q.labels}' (choose from {', '.join(FID_LABELS)})")
-    _check(q.is_split_size > 0, "fid.is_split_size", "must be > 0")
+    require(s.guided_channels >= 0, "sample.guided_channels", "must be >= 0 (0 = all)")
+    require(s.num_samples > 0, "sample.num_samples", "must be > 0")
+    require(s.batch > 0, "sample.batch", "must be > 0")
+    require(s.grid_images >= 0, "sample.grid_images", "must be >= 0")
+    require(q.batch > 0, "fid.batch", "must be > 0")
+    require(q.labels in FID_LABELS, "fid.labels", f"unknown '{q.labels}' (choose from {', '.join(FID_LABELS)})")
+    require(q.is_split_size > 0, "fid.is_split_size", "must be > 0")
