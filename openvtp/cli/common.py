@@ -22,6 +22,31 @@ def output_folder(path: str | Path, flag: str) -> Path:
 PRINT_CONFIG_HELP = "print the resolved, validated config as YAML and exit without work"
 
 
+def config_args(p, config_help: str, overrides_help: str, default: str | None = None) -> None:
+    """`--config` (required unless it has a default), dotted `overrides` and `--print-config`, as every training
+    command takes them."""
+    p.add_argument("--config", required=default is None, default=default, help=config_help)
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
+
+
+def run_training(args, cfg, section: str, trainer: str) -> None:
+    """A training command once its config is validated: `--print-config`, or the output folder checked and
+    `trainer` ("module:function", imported only now: `--print-config` needs no torch) run on `cfg`, printing the
+    summary it returns (rank 0)."""
+    if args.print_config:
+        return print_config(**{section: cfg})
+    output_folder(cfg.train.out_dir, "train.out_dir")
+    import importlib
+
+    module, function = trainer.split(":")
+    summary = getattr(importlib.import_module(module), function)(cfg)
+    if summary:
+        import json
+
+        print(json.dumps(summary, indent=2))
+
+
 def print_config(**configs) -> None:
     """The resolved configs as one YAML document (a section per stage where there are several)."""
     from omegaconf import OmegaConf

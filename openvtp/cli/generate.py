@@ -10,7 +10,8 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
-from .common import PRINT_CONFIG_HELP, non_negative_int, output_folder, positive_int, precision_arg, print_config
+from .common import (PRINT_CONFIG_HELP, config_args, non_negative_int, output_folder, positive_int, precision_arg,
+                     print_config)
 
 SAMPLE_KEYS = ("sample.", "fid.")
 
@@ -221,9 +222,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_extract_latents)
 
     p = sub.add_parser("train-dit", help="train a LightningDiT on extracted latents (torchrun for several GPUs)")
-    p.add_argument("--config", required=True, help="preset (dit-demo, dit-b-1-ablation, dit-xl-1-vtp) or YAML file")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.latents_dir=DIR train.steps=1000")
-    p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
+    config_args(p, "preset (dit-demo, dit-b-1-ablation, dit-xl-1-vtp) or YAML file",
+                "dotted overrides, e.g. data.latents_dir=DIR train.steps=1000")
     p.set_defaults(func=cmd_train_dit)
 
     p = sub.add_parser("demo-generation", help="the demo's generation half alone, on an exported demo tokenizer")

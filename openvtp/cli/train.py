@@ -7,7 +7,7 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
-from .common import PRINT_CONFIG_HELP, output_folder, print_config
+from .common import PRINT_CONFIG_HELP, config_args, output_folder, print_config, run_training
 
 # the default study (docs/study.md): the two variants at two tokenizer step counts and two seeds, the most that fits
 # the 90 minutes a default may take on 2 cores (66 min idle; a third seed takes about 102)
@@ -20,14 +20,7 @@ def cmd_pretrain(args) -> None:
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     validate(cfg)  # before torch is imported; pretrain() checks again with the real world size
-    if args.print_config:
-        return print_config(pretrain=cfg)
-    output_folder(cfg.train.out_dir, "train.out_dir")
-    from openvtp.train.loop import pretrain
-
-    summary = pretrain(cfg)
-    if summary:
-        print(json.dumps(summary, indent=2))
+    run_training(args, cfg, "pretrain", "openvtp.train.loop:pretrain")
 
 
 def cmd_demo(args) -> None:
@@ -112,21 +105,13 @@ def cmd_finetune_decoder(args) -> None:
 
     cfg = load_config(FinetuneDecoderConfig, args.config, [f"init={args.model}", *args.overrides])
     validate_finetune(cfg)
-    if args.print_config:
-        return print_config(finetune_decoder=cfg)
-    output_folder(cfg.train.out_dir, "train.out_dir")
-    from openvtp.train.decoder_finetune import finetune_decoder
-
-    summary = finetune_decoder(cfg)
-    if summary:
-        print(json.dumps(summary, indent=2))
+    run_training(args, cfg, "finetune_decoder", "openvtp.train.decoder_finetune:finetune_decoder")
 
 
 def register(sub) -> None:
     p = sub.add_parser("pretrain", help="pre-train a VTP tokenizer (torchrun for several processes)")
-    p.add_argument("--config", required=True, help="preset name (demo, vtp-s, vtp-b, vtp-l) or YAML file")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 ssl.weight=0")
-    p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
+    config_args(p, "preset name (demo, vtp-s, vtp-b, vtp-l) or YAML file",
+                "dotted overrides, e.g. train.steps=100 ssl.weight=0")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("demo", help="the main job on the embedded data (what `make demo` runs)",
@@ -156,9 +141,9 @@ def register(sub) -> None:
     p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("finetune-decoder", help="stage 2: freeze the encoder, fine-tune the decoder with L1 + LPIPS + GAN")
+    p = sub.add_parser("finetune-decoder",
+                       help="stage 2: freeze the encoder, fine-tune the decoder with L1 + LPIPS + GAN")
     p.add_argument("model", help="stage-1 tokenizer: pretrain run folder, model folder or hub id")
-    p.add_argument("--config", default="decoder-demo", help="preset name (decoder-demo) or YAML file")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. gan.start_step=500 train.steps=2000")
-    p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
+    config_args(p, "preset name (decoder-demo) or YAML file",
+                "dotted overrides, e.g. gan.start_step=500 train.steps=2000", default="decoder-demo")
     p.set_defaults(func=cmd_finetune_decoder)
