@@ -1,6 +1,8 @@
-"""AutoencoderVTP in diffusers: latents equal to VTPModel's, save/load, trust_remote_code without openvtp, a DiT
-pipeline end to end, a training step; `openvtp export`, `openvtp push` (offline), create_model / list_models."""
+"""AutoencoderVTP in diffusers: latents equal to VTPModel's, save/load, the exported module bundled from openvtp's
+source and loaded by trust_remote_code without openvtp, a DiT pipeline end to end, a training step;
+`openvtp export`, `openvtp push` (offline), create_model / list_models."""
 import ast
+import inspect
 import json
 import os
 import subprocess
@@ -17,9 +19,14 @@ except ImportError:
 
 import openvtp
 from openvtp.errors import OpenVTPError
-from openvtp.integrations.diffusers_export import DIFFUSERS_WEIGHTS, MODULE_FILE, save_diffusers, to_diffusers
-from openvtp.integrations.diffusers_vtp import AutoencoderVTP
-from openvtp.models import VTPConfig, VTPModel
+from openvtp.integrations import bundle as bundle_mod
+from openvtp.integrations.bundle import BundleError, bundle
+from openvtp.integrations.diffusers_export import (DIFFUSERS_WEIGHTS, MODULE_FILE, diffusers_config, module_source,
+                                                   save_diffusers, to_diffusers)
+from openvtp.integrations.diffusers_vtp import VTP_L_DECODER, VTP_L_ENCODER, AutoencoderVTP
+from openvtp.models import VTPConfig, VTPModel, layers
+from openvtp.models.pixel_decoder import PixelDecoder
+from openvtp.models.vit import VisionTrunk
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,33 +98,83 @@ def test_slicing_tiling_and_latent_normalisation(vtp, images):
 def test_save_and_from_pretrained_with_subfolder(tmp_path, vtp, images):
     folder = save_diffusers(vtp, tmp_path / "repo" / "diffusers")
     assert {p.name for p in folder.iterdir()} == {"config.json", DIFFUSERS_WEIGHTS, MODULE_FILE.name}
+    assert (folder / MODULE_FILE.name).read_text() == module_source()
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {"AutoModel": "diffusers_vtp.AutoencoderVTP"}
+    assert config["encoder_config"]["depth"] == 2 and config["decoder_config"]["norm_layer"] == "layernorm"
     ae = AutoencoderVTP.from_pretrained(tmp_path / "repo", subfolder="diffusers").eval()
     assert ae.encoder.rope_embed.periods.dtype == torch.bfloat16
     with torch.no_grad():
         assert torch.equal(ae.encode(images).latent, vtp.encode((images + 1) / 2))
 
 
-def test_module_is_self_contained():
-    tree = ast.parse(MODULE_FILE.read_text())
+def test_tower_settings_default_to_vtp_l_and_unknown_ones_fail():
+    cfg = diffusers_config(VTPConfig.preset("vtp-l"))
+    assert cfg["encoder_config"] == VTP_L_ENCODER and cfg["decoder_config"] == VTP_L_DECODER
+    with torch.device("meta"):
+        ae = AutoencoderVTP(decoder_config={"depth": 3})
+        assert ae.config.decoder_config == {**VTP_L_DECODER, "depth": 3} and len(ae.decoder.blocks) == 3
+        with pytest.raises(ValueError, match="mlp_ratio"):
+            AutoencoderVTP(decoder_config={"mlp_ratio": 2.0})
+
+
+def test_exported_module_is_openvtp_source_and_imports_only_torch_and_diffusers():
+    source = module_source()
+    tree = ast.parse(source)
     roots = {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     roots |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert roots <= {"__future__", "math", "torch", "diffusers"}, roots
+    assert roots <= {"__future__", "math", "types", "typing", "torch", "diffusers"}, roots
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+    # no second copy: the layers, trunk and decoder are openvtp's own classes, verbatim
+    for obj in (layers.RMSNorm, layers.make_norm, layers.SwiGLU, layers.Mlp, layers.make_ffn, layers.RopeEmbedding,
+                layers.apply_rope, layers.apply_rope_qkv, layers.Attention, layers.LayerScale, layers.Block,
+                VisionTrunk, PixelDecoder, AutoencoderVTP):
+        assert inspect.getsource(obj) in source, obj.__name__
+    defined = [n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))]
+    assert len(defined) == len(set(defined))
+
+
+def test_bundle_refuses_what_it_cannot_keep_equal(tmp_path, monkeypatch):
+    pkg = tmp_path / "openvtp"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "base.py").write_text('"""Base."""\nimport math\n\nTAU = 2 * math.pi\n')
+    (pkg / "ok.py").write_text("from __future__ import annotations\nfrom typing import TYPE_CHECKING\n"
+                               "from .base import TAU\nif TYPE_CHECKING:\n    from .missing import X\n\n"
+                               "def turns(x: X):\n    return x / TAU\n")
+    monkeypatch.setattr(bundle_mod, "PACKAGE_DIR", pkg)
+    ns = {}
+    exec(bundle("openvtp.ok"), ns)
+    assert ns["turns"](ns["TAU"]) == 1.0 and "TYPE_CHECKING" not in ns
+    for name, text, match in (("alias", "from .base import TAU as T\n", "own name"),
+                              ("module", "from . import base\n", "imports the module"),
+                              ("nested", "def f():\n    from .base import TAU\n", "inside a function"),
+                              ("twice", "from .base import TAU\nTAU = 6.28\n", "defined by both"),
+                              ("shadow", "from .base import TAU\nmath = None\n", "binds math"),
+                              ("absent", "from .base import PI\n", "does not define")):
+        (pkg / f"{name}.py").write_text(text)
+        with pytest.raises(BundleError, match=match):
+            bundle(f"openvtp.{name}")
 
 
 def test_automodel_trust_remote_code_without_openvtp(tmp_path, vtp, images):
     """Loaded in a process where `import openvtp` fails, from a folder outside the repository."""
     folder = save_diffusers(vtp, tmp_path / "export")
-    torch.save((images, vtp.encode((images + 1) / 2)), tmp_path / "expected.pt")
+    with torch.no_grad():
+        z = vtp.encode((images + 1) / 2)
+        torch.save((images, z, vtp.decode(z) * 2 - 1), tmp_path / "expected.pt")
     script = (
         "import sys, torch\n"
         "sys.modules['openvtp'] = None\n"
         "from diffusers import AutoModel\n"
         f"m = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()\n"
-        f"x, z = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
+        f"x, z, out = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)\n"
         "with torch.no_grad():\n"
         "    assert torch.equal(m.encode(x).latent, z)\n"
+        "    assert torch.equal(m.decode(z).sample, out)\n"
+        f"assert not [p for p in sys.path if p and p.startswith({str(REPO)!r})], sys.path\n"
+        "assert not [k for k in sys.modules if k.startswith('openvtp.')]\n"
+        "assert type(m).__module__.startswith('diffusers_modules'), type(m).__module__\n"
         "print(type(m).__name__)\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")

@@ -1,13 +1,17 @@
 """The pixel decoder `pixel_decoder.*`: latent grid -> RoPE ViT blocks -> pixels via pixel shuffle."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VTPConfig
 from .layers import Block, RopeEmbedding, make_norm
 from .layers.checkpointing import run_block
+
+if TYPE_CHECKING:
+    from .config import VTPConfig
 
 
 # The released decoder is built without an FFN ratio argument, so it always takes its default.

@@ -1,12 +1,16 @@
 """The vision trunk: a DINOv3-style ViT with RoPE, a class token and a linear bottleneck."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from .config import VTPConfig
 from .layers import Block, RopeEmbedding, make_norm
 from .layers.checkpointing import run_block
+
+if TYPE_CHECKING:
+    from .config import VTPConfig
 
 
 class PatchEmbed(nn.Module):
@@ -75,3 +79,9 @@ class VisionTrunk(nn.Module):
         """Final-normed tokens (B, 1+N, D); token 0 is the class token. No bottleneck."""
         x, _ = self.forward_blocks(images, masks, drop_path)
         return self.norm(x)
+
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        """Bottlenecked patch tokens as a latent grid (B, C, H/p, W/p)."""
+        x = self.bottleneck(self(images)[:, 1:])  # (B, N, C)
+        h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+        return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)

@@ -136,9 +136,7 @@ class VTPModel(nn.Module):
     def get_reconstruction_latents(self, image: torch.Tensor) -> torch.Tensor:
         """Bottlenecked patch tokens as a latent grid (B, C, H/p, W/p)."""
         self._check_images(image)
-        x = self.trunk.bottleneck(self.trunk(image)[:, 1:])  # (B, N, C)
-        h, w = image.shape[-2] // self.trunk.patch_size, image.shape[-1] // self.trunk.patch_size
-        return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+        return self.trunk.latents(image)
 
     def get_latents_decoded_images(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixel decoder output (B, 3, H, W) in ImageNet-normalised space."""
