@@ -2,13 +2,15 @@
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
+from openvtp.demo.run import plan_demo
 from openvtp.errors import OpenVTPError
 from openvtp.experiments.stats import paired
-from openvtp.experiments.study import (aggregate, cell_overrides, check_overrides, comparisons, markdown,
-                                       study_cells)
+from openvtp.experiments.study import (NO_TIME_LIMITS, aggregate, cell_overrides, check_overrides, comparisons,
+                                       markdown, study_cells)
 
 from .test_cli_demo import GENERATION, STAGE2, _figures
 from .test_train import TINY, _cli
@@ -65,7 +67,10 @@ def test_cells_and_their_overrides():
     cells = study_cells(["ae", "vtp"], [250, 1000], [0, 1])
     assert [c.name for c in cells[:5]] == ["vtp-1000-s0", "ae-1000-s0", "vtp-250-s0", "ae-250-s0", "vtp-1000-s1"]
     assert cell_overrides(cells[3], ["dit.train.steps=9"]) == ["dit.train.steps=9", "clip.weight=0", "ssl.weight=0",
-                                                               "train.steps=250", "train.seed=0"]
+                                                               "train.steps=250", "train.seed=0", *NO_TIME_LIMITS]
+    plan = plan_demo(Path("unused"), cell_overrides(cells[3], []))  # no stage of a cell stops on the wall clock
+    assert (plan.pretrain.train.time_limit_s, plan.decoder.train.time_limit_s) == (0, 0)
+    assert "train.time_limit_s=0" in plan.dit_overrides
     with pytest.raises(OpenVTPError, match="unknown 'dino'"):
         study_cells(["dino"], [1], [0])
     with pytest.raises(OpenVTPError, match="the study sets train.steps per cell"):

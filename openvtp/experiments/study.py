@@ -34,7 +34,11 @@ log = logging.getLogger("openvtp.study")
 # the paper's four tokenizers are two lambdas of the same recipe (the `demo` preset's weights where on)
 VARIANTS = {"ae": ("clip.weight=0", "ssl.weight=0"), "ae-clip": ("ssl.weight=0",), "ae-ssl": ("clip.weight=0",),
             "vtp": ()}
-SET_PER_CELL = ("train.steps", "train.seed", "clip.weight", "ssl.weight", "train.out_dir")
+# A study cell runs its fixed steps to the end: a wall-clock safety net that fires under load would make a
+# cell's figures a function of the machine's load. Off in every stage (the run is resumable instead).
+NO_TIME_LIMITS = ("train.time_limit_s=0", "decoder.train.time_limit_s=0", "dit.train.time_limit_s=0")
+SET_PER_CELL = ("train.steps", "train.seed", "clip.weight", "ssl.weight", "train.out_dir",
+                *(item.split("=")[0] for item in NO_TIME_LIMITS))
 SETTINGS = "settings.json"
 BULKY = ("checkpoints", "decoder/checkpoints", "generation/dit/checkpoints", "generation/latents")
 
@@ -90,7 +94,8 @@ def study_cells(variants: Sequence[str], steps: Sequence[int], seeds: Sequence[i
 
 def cell_overrides(cell: Cell, overrides: Sequence[str]) -> list[str]:
     """The demo overrides of a cell: the study's shared ones, then the cell's variant, steps and seed."""
-    return [*overrides, *VARIANTS[cell.variant], f"train.steps={cell.steps}", f"train.seed={cell.seed}"]
+    return [*overrides, *VARIANTS[cell.variant], f"train.steps={cell.steps}", f"train.seed={cell.seed}",
+            *NO_TIME_LIMITS]
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
