@@ -10,7 +10,8 @@ from openvtp.demo.run import plan_demo
 from openvtp.errors import OpenVTPError
 from openvtp.experiments.stats import paired
 from openvtp.experiments.study import (NO_TIME_LIMITS, aggregate, cell_overrides, check_overrides, comparisons,
-                                       markdown, study_cells)
+                                       machines_markdown, markdown, study_cells)
+from openvtp.runtime.machine import describe, label
 
 from .test_cli_demo import GENERATION, STAGE2, _figures
 from .test_train import TINY, _cli
@@ -57,10 +58,20 @@ def test_a_killed_study_resumes_without_redoing_its_finished_cells(tmp_path):
     assert "zeroshot_shape" not in ae["understanding"] and vtp["understanding"]["zeroshot_shape"] is not None
     for c in study["cells"]:
         assert c["complete"] and c["generation"]["dit_steps"] == 12 and c["reconstruction"]["psnr"] > 0
+        assert c["machine"] == describe()  # where its figures were computed
         assert not (out / "cells" / c["cell"] / "checkpoints").exists()  # bulky intermediates are removed
         assert (out / "cells" / c["cell"] / "decoder" / "tokenizer" / "config.json").is_file()
     # one judge for every cell, trained once
     assert len(list((out / "judge").glob("*.safetensors"))) == 1
+
+
+def test_the_report_says_when_cells_come_from_more_than_one_machine_kind():
+    here, there = describe(), {"cpu": "Other CPU", "isa": ["avx2"], "torch": "2.14.1", "cpu_capability": "AVX2"}
+    same = [{"cell": "ae-1-s0", "machine": here}, {"cell": "vtp-1-s0", "machine": here}]
+    assert machines_markdown(same) == []
+    text = "\n".join(machines_markdown([*same, {"cell": "ae-1-s1", "machine": there}, {"cell": "vtp-1-s1"}]))
+    assert f"- {label(here)}: ae-1-s0, vtp-1-s0" in text
+    assert "- Other CPU (avx2), torch 2.14.1: ae-1-s1" in text and "- not recorded: vtp-1-s1" in text
 
 
 def test_cells_and_their_overrides():

@@ -95,6 +95,7 @@ def run_demo(plan: DemoPlan, progress: bool = True, judge_cache: Path | None = N
     """Run the stages of `plan`; returns the demo's summary (also `out/summary.json`). judge_cache: a folder
     that keeps the generation half's judge between runs (a study's cells share it)."""
     from openvtp.demo.generation import run_generation_demo
+    from openvtp.runtime.machine import describe
     from openvtp.train.decoder_finetune import finetune_decoder
     from openvtp.train.loop import pretrain
 
@@ -128,6 +129,7 @@ def run_demo(plan: DemoPlan, progress: bool = True, judge_cache: Path | None = N
         if "stopped" in gen:
             stopped.append(f"generation: {gen['stopped']}")
     summary["complete"] = complete
+    summary["machine"] = describe()
     if stopped:
         summary["stopped"] = stopped
     else:

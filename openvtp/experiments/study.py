@@ -25,6 +25,7 @@ from typing import Sequence
 
 from openvtp.errors import Interrupted, OpenVTPError
 from openvtp.runtime.checkpoint import write_json_atomic
+from openvtp.runtime.machine import label
 
 from openvtp.demo.run import plan_demo, run_demo, split_overrides
 from .stats import compare
@@ -128,7 +129,7 @@ def _cell_result(cell: Cell, summary: dict, flops_per_step: int) -> dict:
         "cell": cell.name, "variant": cell.variant, "tokenizer_steps": cell.steps, "seed": cell.seed,
         "complete": summary["complete"], **({"stopped": summary["stopped"]} if "stopped" in summary else {}),
         "tokenizer_flops": flops_per_step * cell.steps, "tokenizer_flops_per_step": flops_per_step,
-        "objectives": summary.get("objectives", {}),
+        "objectives": summary.get("objectives", {}), "machine": summary.get("machine"),
         "generation": {
             "frechet_generated": fig["generated"]["frechet_probe"], "frechet_reconstructed":
                 fig["reconstructed"]["frechet_probe"], "frechet_real": fig["real"]["frechet_probe"],
@@ -276,10 +277,23 @@ def markdown(rows: list[dict], cells: list[dict]) -> str:
         lines += [""] + [f"- {short}: {meaning} ({'higher' if better else 'lower'} is better)"
                          for _, short, meaning, better in metrics] + [""]
     lines += paired_markdown(comparisons(cells))
+    lines += machines_markdown(cells)
     incomplete = [c["cell"] for c in cells if not c["complete"]]
     if incomplete:
         lines.append(f"**Incomplete cells (a safety net fired; their figures are not results):** {', '.join(incomplete)}")
     return "\n".join(lines) + "\n"
+
+
+def machines_markdown(cells: list[dict]) -> list[str]:
+    """Cells computed on more than one machine kind: which ran where. Another CPU rounds differently, the judge
+    included, so a difference between two such cells mixes the variant's effect with the machine's."""
+    by_kind: dict[str, list[str]] = {}
+    for c in cells:
+        by_kind.setdefault(label(c.get("machine")), []).append(c["cell"])
+    if len(by_kind) < 2:
+        return []
+    return ["**Cells from more than one machine kind** (another CPU rounds differently, the judge's features "
+            "included):", ""] + [f"- {kind}: {', '.join(names)}" for kind, names in by_kind.items()] + [""]
 
 
 def plot(rows: list[dict], path: Path, comp: dict | None = None) -> None:
