@@ -28,7 +28,7 @@ class Tier:
 
 
 # 17-48 px is the embedded demo's band: at 32 px the rules give the demo's own settings
-TIERS = (Tier(16, 2, 500, 500, 2000, 300), Tier(48, 4, 1000, 1000, 4000, 600), Tier(96, 8, 1000, 1000, 4000, 600),
+TIERS = (Tier(16, 2, 500, 500, 1000, 300), Tier(48, 4, 1000, 1000, 4000, 600), Tier(96, 8, 1000, 1000, 4000, 600),
          Tier(10**9, 16, 1000, 1000, 4000, 600))
 MAX_LATENT_IMAGES = 4000  # the demo's: train images encoded for the DiT (all of them when there are fewer)
 
