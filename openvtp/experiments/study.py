@@ -7,7 +7,9 @@ data, decoder fine-tuning with the same steps for every variant (so each has a d
 quality), the same DiT with the same steps, batch and seed on its latents, judged by the same judge
 against the same real images. A cell lands in `DIR/cells/<variant>-<steps>-s<seed>/cell.json` when
 it completes; a rerun skips completed cells and redoes an unfinished one, and a larger grid adds
-cells. `DIR/study.json`, `study.md` and `study.png` are rewritten after every cell.
+cells. `DIR/study.json`, `study.md` and `study.png` are rewritten after every cell. With `--data` the cells run
+on a labelled image set instead (prepared once in `DIR/data`, settings from `demo.labelled_settings`), judged by a
+classifier of that set (`study_labelled` holds what they report).
 """
 from __future__ import annotations
 
