@@ -7,7 +7,8 @@ from pathlib import Path
 
 from openvtp.errors import OpenVTPError
 
-from .common import PRINT_CONFIG_HELP, config_args, output_folder, print_config, run_training
+from .common import PRINT_CONFIG_HELP, config_args, non_negative_int, output_folder, positive_int, print_config, \
+    run_training
 
 # the default study (docs/study.md): the two variants at two tokenizer step counts and two seeds, the most that fits
 # the 90 minutes a default may take on 2 cores (66 min idle; a third seed takes about 102)
@@ -29,9 +30,10 @@ def cmd_demo(args) -> None:
     config is validated before any work starts."""
     from openvtp.demo.run import plan_demo, report
 
-    plan = plan_demo(args.out, args.overrides)
+    data = _data_plan(args)
+    plan = plan_demo(args.out, args.overrides, data)
     if args.print_config:
-        return _print_plan(plan)
+        return _print_plan(plan, **({"data": data.labelled.meta()} if data else {}))
     output_folder(plan.out, "--out")
     from openvtp.demo.run import run_demo
 
@@ -48,6 +50,40 @@ def _print_plan(plan, **extra) -> None:
     if plan.generation.enabled:
         stages["dit"] = dit_config(plan.dit_overrides)
     print_config(**extra, **stages)
+
+
+DATA_FLAGS = (("--size", "size"), ("--heldout-fraction", "heldout_fraction"), ("--split-seed", "split_seed"),
+              ("--classnames", "classnames"), ("--fid-weights", "fid_weights"))
+
+
+def _data_args(p) -> None:
+    g = p.add_argument_group("a labelled image set instead of the embedded scenes (docs/study.md, 'Your own data')")
+    g.add_argument("--data", help="a folder of class folders (with train/ and val/, or one folder split by "
+                                  "--heldout-fraction), webdataset shards with .cls labels (a .tar, a brace pattern "
+                                  "or a folder of .tar), or sklearn-digits")
+    g.add_argument("--size", type=positive_int, help="image side in px; default: the data's, rounded to the patch")
+    g.add_argument("--heldout-fraction", type=float, help="share of each class held out when the data has no val/ "
+                                                          "split (default: 0.2)")
+    g.add_argument("--split-seed", type=non_negative_int, help="draws that held-out share (default: 0)")
+    g.add_argument("--classnames", help="the class names, for captions and zero-shot: a text file with one a line, or "
+                                        "a comma-separated list (default: the class folders' names)")
+    g.add_argument("--fid-weights", help="the standard FID Inception weights file: Inception FID beside the judge's "
+                                         "figures (default: skipped)")
+
+
+def _data_plan(args):
+    """The labelled set `--data` names, prepared under OUT/data; None for the embedded data."""
+    if not args.data:
+        given = next((flag for flag, key in DATA_FLAGS if getattr(args, key) is not None), None)
+        if given:
+            raise OpenVTPError(f"{given} needs --data (the embedded scenes have fixed settings)")
+        return None
+    from openvtp.demo.labelled import LabelledRequest
+    from openvtp.demo.labelled_settings import open_data
+
+    request = LabelledRequest(args.data, args.size, 0.2 if args.heldout_fraction is None else args.heldout_fraction,
+                              args.split_seed or 0, args.classnames)
+    return open_data(request, Path(args.out) / "data", args.fid_weights or "")
 
 
 def _demo_epilog() -> str:
@@ -78,6 +114,7 @@ def cmd_study(args) -> None:
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     steps, seeds = _int_list(args.tokenizer_steps, "--tokenizer-steps"), _int_list(args.seeds, "--seeds")
+    data = _data_plan(args)
     if args.print_config:
         from openvtp.demo.run import plan_demo
         from openvtp.experiments.study import VARIANTS, cell_overrides, check_overrides, study_cells
@@ -87,10 +124,10 @@ def cmd_study(args) -> None:
         grid = {"out": args.out, "variants": {v: list(VARIANTS[v]) for v in variants}, "tokenizer_steps": steps,
                 "seeds": seeds, "jobs": args.jobs, "cells": [c.name for c in cells]}
         first = cells[0]  # every cell is this plan with its own variant, steps and seed
-        return _print_plan(plan_demo(Path(args.out) / "cells" / first.name, cell_overrides(first, args.overrides)),
-                           study=grid)
+        return _print_plan(plan_demo(Path(args.out) / "cells" / first.name, cell_overrides(first, args.overrides),
+                                     data), study=grid, **({"data": data.labelled.meta()} if data else {}))
     output_folder(args.out, "--out")
-    result = run_study(args.out, variants, steps, seeds, args.overrides, jobs=args.jobs)
+    result = run_study(args.out, variants, steps, seeds, args.overrides, jobs=args.jobs, data=data)
     incomplete = [c["cell"] for c in result["cells"] if not c["complete"]]
     print(f"\nopenvtp study: {len(result['cells'])} cells -> {args.out}/study.json, study.md, study.png")
     print(Path(args.out, "study.md").read_text())
@@ -121,6 +158,7 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", help="KEY=VALUE, decoder.KEY=VALUE, dit.KEY=VALUE, generation.KEY=VALUE "
                                                 "(see below)")
     p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
+    _data_args(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("study", help="does semantic pre-training make latents better for generation? "
@@ -139,6 +177,7 @@ def register(sub) -> None:
                         "(default: %(default)s)")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE, decoder.KEY=VALUE, dit.KEY=VALUE, generation.KEY=VALUE")
     p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
+    _data_args(p)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("finetune-decoder",

@@ -44,7 +44,7 @@ REAL_SEED = REFERENCE_SEED + 1  # the real images whose figures the generated on
 SIZE_KEYS = ("hidden_size", "depth", "num_heads", "patch_size")
 
 
-def _labelled_rows(images01: torch.Tensor, names: list[str], per_row: int, path: Path,
+def labelled_rows(images01: torch.Tensor, names: list[str], per_row: int, path: Path,
                    columns: list[str] | None = None) -> Path:
     """A PNG grid with one row per name, the name written at its left (and `columns` names above)."""
     save_grid(images01, path, per_row)
@@ -83,7 +83,7 @@ def _classes(condition: str) -> tuple[list[int], list[str]]:
     return [s * len(COLOURS) + c for s, c in SEEN_IDS], [f"{COLOURS[c]} {SHAPES[s]}" for s, c in SEEN_IDS]
 
 
-def _round(figures: dict) -> dict:
+def rounded(figures: dict) -> dict:
     return {k: (None if v is None else round(float(v), 4)) for k, v in figures.items()}
 
 
@@ -176,13 +176,13 @@ def run_generation_demo(
     images01 = torch.from_numpy(np.load(npz)["arr_0"]).permute(0, 3, 1, 2).float() / 255
     filled = iter(images01[: len(grid_labels)])
     blank = torch.ones_like(images01[0])
-    grid = _labelled_rows(torch.stack([next(filled) if c is not None else blank for c in cells]), row_names, per_row,
+    grid = labelled_rows(torch.stack([next(filled) if c is not None else blank for c in cells]), row_names, per_row,
                           out / "samples_grid.png", col_names)
     # the same cells filled with reconstructions of real images of that class, where the real set has one
     real_class = real["shape"] * len(COLOURS) + real["colour"] if condition == "shape_colour" else real["shape"]
     unused = {int(c): torch.nonzero(real_class == c)[:, 0].tolist()[::-1] for c in set(grid_labels.tolist())}
     recon_cells = [recon01[unused[c].pop()] if c is not None and unused[c] else blank for c in cells]
-    _labelled_rows(torch.stack(recon_cells), row_names, per_row, out / "reconstructions_grid.png", col_names)
+    labelled_rows(torch.stack(recon_cells), row_names, per_row, out / "reconstructions_grid.png", col_names)
     t = lap("sampling", t)
 
     # 6. figures: generated vs reconstructed vs real, all against the same reference images
@@ -197,7 +197,7 @@ def run_generation_demo(
         "real": generation_quality(probe, real01, real["shape"], real["colour"] if by_colour else None, reference),
     }
     lap("figures", t)
-    figures = {k: _round(v) for k, v in figures.items()}
+    figures = {k: rounded(v) for k, v in figures.items()}
     summary = {
         "complete": complete,
         "condition": condition,

@@ -16,7 +16,7 @@ class GenerationDemoConfig:
     The DiT itself is the `dit-demo` preset (`dit.` keys)."""
 
     enabled: bool = True  # false: `openvtp demo` stops after stage 2
-    condition: str = "shape_colour"  # shape_colour: the 39 seen (shape, colour) pairs; shape: the 7 shapes
+    condition: str = "shape_colour"  # the 39 seen (shape, colour) pairs; shape: the 7 shapes; class: with --data
     num_images: int = 4000  # embedded train scenes encoded (each also flipped) for the DiT
     judge_steps: int = 600  # training steps of the attribute classifier that judges the images
     judge_seed: int = 0  # the judge does not depend on the run's seed: every run is judged alike
@@ -29,9 +29,11 @@ class GenerationDemoConfig:
 DEMO_CONDITIONS = ("shape_colour", "shape")
 
 
-def validate_demo(cfg: GenerationDemoConfig) -> None:
-    """The `generation.` keys of `openvtp demo`, before any work."""
-    require(cfg.condition in DEMO_CONDITIONS, "generation.condition", f"choose from {', '.join(DEMO_CONDITIONS)}")
+def validate_demo(cfg: GenerationDemoConfig, labelled: bool = False) -> None:
+    """The `generation.` keys of `openvtp demo`, before any work; `labelled`: with `--data`, whose DiT conditions on
+    the data's classes."""
+    conditions = ("class",) if labelled else DEMO_CONDITIONS
+    require(cfg.condition in conditions, "generation.condition", f"choose from {', '.join(conditions)}")
     for key in ("num_images", "eval_samples", "reference_images", "threads"):
         require(getattr(cfg, key) > 0, f"generation.{key}", "must be > 0")
     require(cfg.judge_steps >= 20, "generation.judge_steps", "must be >= 20 (its one-cycle schedule warms up for 10%)")

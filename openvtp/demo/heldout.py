@@ -51,7 +51,7 @@ def embedded_eval(model: VTPModel, n_images: int = 256, size: int | None = None,
     with torch.inference_mode():
         if zero_shot and model.config.train_clip:
             out.update(_zero_shot(model, held, batch))
-        feats = {split: _features(model, data["images"], batch)
+        feats = {split: tokenizer_features(model, data["images"], batch)
                  for split, data in (("held", held), ("bank", bank), ("seen", seen))}
         out["knn_shape"] = knn_classify(F.normalize(feats["bank"]["cls"], dim=-1), bank["shape"],
                                         F.normalize(feats["held"]["cls"], dim=-1), held["shape"], k=20,
@@ -72,7 +72,7 @@ def _batched(fn, x: torch.Tensor, batch: int, device) -> torch.Tensor:
     return torch.cat([fn(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
 
 
-def _features(model: VTPModel, images: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+def tokenizer_features(model: VTPModel, images: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
     """{"cls": last-block CLS, "latent": the flattened reconstruction latent (only with a decoder)}."""
     device = model.trunk.cls_token.device
     out = {"cls": _batched(lambda x: model.get_last_layer_feature(model.normalize(x))["cls_token"], images, batch,

@@ -20,6 +20,7 @@ from openvtp.errors import Interrupted, OpenVTPError
 from openvtp.generation.config import GenerationConfig
 from openvtp.generation.config import validate as validate_dit
 from openvtp.demo.generation_config import GenerationDemoConfig, validate_demo
+from openvtp.demo.labelled_settings import DataPlan, data_overrides
 from openvtp.runtime.checkpoint import write_json_atomic
 
 log = logging.getLogger("openvtp.demo")
@@ -46,6 +47,7 @@ class DemoPlan:
     decoder: FinetuneDecoderConfig
     generation: GenerationDemoConfig
     dit_overrides: list[str] = field(default_factory=list)
+    data: DataPlan | None = None  # `--data`: a labelled set instead of the embedded scenes
 
     @property
     def seed(self) -> int:
@@ -59,10 +61,12 @@ def dit_config(dit_overrides: Sequence[str]) -> GenerationConfig:
     return cfg
 
 
-def plan_demo(out: str | Path, overrides: Sequence[str] = ()) -> DemoPlan:
-    """Load and validate the configs of every stage; nothing is written."""
+def plan_demo(out: str | Path, overrides: Sequence[str] = (), data: DataPlan | None = None) -> DemoPlan:
+    """Load and validate the configs of every stage; nothing is written. data: a labelled set, whose settings
+    (`labelled_settings.data_overrides`) come before `overrides`."""
     out = Path(out)
     parts = split_overrides(overrides)
+    rules = split_overrides(data_overrides(data) if data else ())
 
     def stage(name: str, build):
         try:
@@ -71,24 +75,30 @@ def plan_demo(out: str | Path, overrides: Sequence[str] = ()) -> DemoPlan:
             raise OpenVTPError(f"{name}: {e}") from None
 
     cfg = stage("pre-training (KEY=VALUE)", lambda: load_config(
-        PretrainConfig, PRESETS["pretrain"], [f"train.out_dir={out}", *parts["pretrain"]]))
+        PretrainConfig, PRESETS["pretrain"], [f"train.out_dir={out}", *rules["pretrain"], *parts["pretrain"]]))
     stage("pre-training (KEY=VALUE)", lambda: validate(cfg))
+    if data:  # the DiT's patch follows the tokenizer's latent grid
+        rules = split_overrides(data_overrides(data, grid=cfg.model.image_size // cfg.model.vision_patch_size))
+        if cfg.model.image_size != data.labelled.size:
+            raise OpenVTPError(f"model.image_size={cfg.model.image_size}: with --data the resolution is --size "
+                               f"({data.labelled.size} here)")
     dcfg = stage("decoder fine-tuning (decoder.KEY=VALUE)", lambda: load_config(
         FinetuneDecoderConfig, PRESETS["decoder"],
-        [f"init={out}", f"train.out_dir={out / 'decoder'}", f"train.seed={cfg.train.seed}", *parts["decoder"]],
-        prefix="decoder."))
+        [f"init={out}", f"train.out_dir={out / 'decoder'}", f"train.seed={cfg.train.seed}", *rules["decoder"],
+         *parts["decoder"]], prefix="decoder."))
     stage("decoder fine-tuning (decoder.KEY=VALUE)", lambda: validate_finetune(dcfg))
-    gcfg = stage("generation (generation.KEY=VALUE)", lambda: load_config(GenerationDemoConfig, None,
-                                                                             parts["generation"], prefix="generation."))
-    validate_demo(gcfg)
+    gcfg = stage("generation (generation.KEY=VALUE)", lambda: load_config(
+        GenerationDemoConfig, None, [*rules["generation"], *parts["generation"]], prefix="generation."))
+    validate_demo(gcfg, labelled=data is not None)
+    dit = [*rules["dit"], *parts["dit"]]
     if gcfg.enabled:
-        stage("the DiT (dit.KEY=VALUE)", lambda: dit_config(parts["dit"]))
+        stage("the DiT (dit.KEY=VALUE)", lambda: dit_config(dit))
     elif parts["dit"]:
         raise OpenVTPError(f"'dit.{parts['dit'][0]}' given with generation.enabled=false: no DiT is trained")
     if not cfg.model.train_reconstruction:
         raise OpenVTPError("the demo fine-tunes and generates through the pixel decoder: "
                            "model.train_reconstruction must be true")
-    return DemoPlan(out, cfg, dcfg, gcfg, parts["dit"])
+    return DemoPlan(out, cfg, dcfg, gcfg, dit if gcfg.enabled else [], data)
 
 
 def run_demo(plan: DemoPlan, progress: bool = True, judge_cache: Path | None = None) -> dict:
@@ -99,11 +109,18 @@ def run_demo(plan: DemoPlan, progress: bool = True, judge_cache: Path | None = N
     from openvtp.train.decoder_finetune import finetune_decoder
     from openvtp.train.loop import pretrain
 
+    if plan.data:
+        from openvtp.demo.labelled_run import labelled_heldout, prepare
+
+        prepare(plan.data)
     summary = pretrain(plan.pretrain)
     try:
         stage2 = finetune_decoder(plan.decoder)
     except Interrupted as e:  # stage 1 is done: resuming the demo resumes stage 2 (stage 1 resumes at its end)
         raise Interrupted(e.signum, e.saved, RESUME) from None
+    if plan.data:
+        summary["data"] = plan.data.labelled.meta()
+        summary["heldout"] = labelled_heldout(plan, stage2["tokenizer"])
     held = summary.get("heldout", {})
     if "psnr" in stage2.get("heldout", {}):
         held["psnr_decoder_finetuned"] = stage2["heldout"]["psnr"]
@@ -116,12 +133,20 @@ def run_demo(plan: DemoPlan, progress: bool = True, judge_cache: Path | None = N
     complete = summary["complete"] and stage2["complete"]
     if plan.generation.enabled:
         try:
-            gen = run_generation_demo(stage2["tokenizer"], plan.out, plan.generation, seed=plan.seed,
-                                      dit_overrides=plan.dit_overrides, judge_cache=judge_cache, progress=progress)
+            if plan.data:
+                from openvtp.demo.labelled_generation import run_labelled_generation
+
+                gen = run_labelled_generation(stage2["tokenizer"], plan.out, plan.generation, plan.data.labelled,
+                                              seed=plan.seed, dit_overrides=plan.dit_overrides,
+                                              mirror=plan.data.mirror, fid_weights=plan.data.fid_weights,
+                                              judge_cache=judge_cache, progress=progress)
+            else:
+                gen = run_generation_demo(stage2["tokenizer"], plan.out, plan.generation, seed=plan.seed,
+                                          dit_overrides=plan.dit_overrides, judge_cache=judge_cache, progress=progress)
         except Interrupted as e:  # stages 1 and 2 resume at their ends; the generation half starts again
             raise Interrupted(e.signum, e.saved, RESUME) from None
         summary["generation"] = {k: gen[k] for k in ("complete", "condition", "figures", "gap_to_reconstructed",
-                                                     "chance", "grid")}
+                                                     "chance", "grid", *(("judge", "inception") if plan.data else ()))}
         summary["generation"].update(dit_steps=gen["dit"]["steps"], samples=gen["sampling"]["samples"],
                                      summary=str(plan.out / "generation" / "summary.json"))
         summary["timing"]["generation_s"] = gen["timing"]["total_s"]
@@ -140,6 +165,10 @@ def run_demo(plan: DemoPlan, progress: bool = True, judge_cache: Path | None = N
 
 def report(summary: dict, out: Path) -> list[str]:
     """The lines `openvtp demo` prints: the figures, where the pictures are, and any safety net that fired."""
+    if "data" in summary:
+        from openvtp.demo.labelled_run import labelled_report
+
+        return labelled_report(summary, out)
     held, t = summary.get("heldout", {}), summary["timing"]
     stage2 = summary["decoder_finetune"]
     lines = [f"openvtp demo: {summary['steps']} pre-training steps ({t['pretrain_s']:.0f}s), {stage2['steps']} "

@@ -7,7 +7,9 @@ data, decoder fine-tuning with the same steps for every variant (so each has a d
 quality), the same DiT with the same steps, batch and seed on its latents, judged by the same judge
 against the same real images. A cell lands in `DIR/cells/<variant>-<steps>-s<seed>/cell.json` when
 it completes; a rerun skips completed cells and redoes an unfinished one, and a larger grid adds
-cells. `DIR/study.json`, `study.md` and `study.png` are rewritten after every cell.
+cells. `DIR/study.json`, `study.md` and `study.png` are rewritten after every cell. With `--data` the cells run
+on a labelled image set instead (prepared once in `DIR/data`, settings from `demo.labelled_settings`), judged by a
+classifier of that set (`study_labelled` holds what they report).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from openvtp.errors import Interrupted, OpenVTPError
 from openvtp.runtime.checkpoint import write_json_atomic
@@ -29,6 +31,11 @@ from openvtp.runtime.machine import label
 
 from openvtp.demo.run import plan_demo, run_demo, split_overrides
 from .stats import compare
+from .study_labelled import (LABELLED_BOTTOM, LABELLED_COMPARED, LABELLED_METRICS, LABELLED_PANELS, data_header,
+                             labelled_cell_result)
+
+if TYPE_CHECKING:
+    from openvtp.demo.labelled_settings import DataPlan
 
 log = logging.getLogger("openvtp.study")
 
@@ -107,12 +114,17 @@ def check_overrides(overrides: Sequence[str]) -> None:
                                "(use --variants, --tokenizer-steps, --seeds)")
 
 
-def _check_settings(out: Path, overrides: Sequence[str]) -> None:
-    """A study folder holds cells of one set of shared settings; a rerun must not mix in others."""
+def _check_settings(out: Path, overrides: Sequence[str], data: DataPlan | None = None) -> None:
+    """A study folder holds cells of one set of shared settings (and data); a rerun must not mix in others."""
     path = out / SETTINGS
-    mine = {"overrides": list(overrides)}
+    mine = {"overrides": list(overrides), **({"data": data.settings()} if data else {})}
     if path.is_file():
         theirs = json.loads(path.read_text())
+        if theirs.get("data") != mine.get("data"):
+            said = lambda d: "the embedded data" if d is None else f"--data {d['request']['data']} (digest "\
+                f"{d['digest']}, {d['request']})"  # noqa: E731
+            raise OpenVTPError(f"{out} holds a study run on {said(theirs.get('data'))}; now: {said(mine.get('data'))}"
+                               ": pass the same data flags or another --out")
         if theirs != mine:
             raise OpenVTPError(f"{out} holds a study run with other settings ({' '.join(theirs['overrides']) or 'none'}"
                                f"; now: {' '.join(overrides) or 'none'}): pass the same overrides or another --out")
@@ -149,19 +161,20 @@ def _cell_result(cell: Cell, summary: dict, flops_per_step: int) -> dict:
     }
 
 
-def run_cell(out: Path, cell: Cell, overrides: Sequence[str], flops: dict[str, int], progress: bool = True) -> dict:
+def run_cell(out: Path, cell: Cell, overrides: Sequence[str], flops: dict[str, int], progress: bool = True,
+             data: DataPlan | None = None) -> dict:
     """Run one cell (an unfinished folder of it is started again); returns and writes its cell.json."""
     from openvtp.train.flops import pretrain_step_flops
 
     folder = out / "cells" / cell.name
     if folder.exists():
         shutil.rmtree(folder)
-    plan = plan_demo(folder, cell_overrides(cell, overrides))
+    plan = plan_demo(folder, cell_overrides(cell, overrides), data)
     start = time.perf_counter()
     summary = run_demo(plan, progress=progress, judge_cache=out / "judge")
     if cell.variant not in flops:
         flops[cell.variant] = pretrain_step_flops(plan.pretrain)
-    result = _cell_result(cell, summary, flops[cell.variant])
+    result = (labelled_cell_result if data else _cell_result)(cell, summary, flops[cell.variant])
     result["timing"]["cell_s"] = round(time.perf_counter() - start, 1)
     for bulky in BULKY:  # the exported tokenizers, samples, grids and summaries stay
         shutil.rmtree(folder / bulky, ignore_errors=True)
@@ -173,7 +186,18 @@ def read_cells(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/cell.json"))]
 
 
-def aggregate(cells: list[dict]) -> list[dict]:
+@dataclass(frozen=True)
+class Readout:
+    """What a study reports of its cells: the metric groups, the paired comparisons, the figure's six panels and its
+    bottom row of paired differences from the AE."""
+
+    metrics: dict
+    compared: tuple
+    panels: tuple
+    bottom: tuple
+
+
+def aggregate(cells: list[dict], readout: Readout | None = None) -> list[dict]:
     """Per (variant, tokenizer steps): mean, sample std and n over seeds of every metric."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for c in cells:
@@ -183,7 +207,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
                                                                            kv[0][1])):
         row = {"variant": variant, "tokenizer_steps": steps, "seeds": sorted(c["seed"] for c in members),
                "tokenizer_flops": members[0]["tokenizer_flops"], "complete": all(c["complete"] for c in members)}
-        for group, metrics in METRICS.items():
+        for group, metrics in (readout or EMBEDDED).metrics.items():
             for key, *_ in metrics:
                 values = [c[group][key] for c in members if c[group].get(key) is not None]
                 row[key] = _mean_std(values)
@@ -196,7 +220,13 @@ COMPARED = (("generation", "frechet_generated"), ("generation", "frechet_gap"), 
             ("generation", "shape_acc_gap"), ("understanding", "probe_shape_latent_seen"), ("reconstruction", "psnr"))
 
 
-def comparisons(cells: list[dict]) -> dict:
+EMBEDDED = Readout(METRICS, COMPARED, ("frechet_generated", "frechet_gap", "shape_acc_generated",
+                                      "probe_shape_latent_seen", "zeroshot_shape", "psnr"),
+                   ("frechet_generated", "shape_acc_generated", "psnr"))
+LABELLED = Readout(LABELLED_METRICS, LABELLED_COMPARED, LABELLED_PANELS, LABELLED_BOTTOM)
+
+
+def comparisons(cells: list[dict], readout: Readout | None = None) -> dict:
     """Paired over seeds: every pair of variants at equal tokenizer steps (the later variant in VARIANTS order
     minus the earlier, e.g. vtp - ae), and every variant from one step count to the next (larger minus smaller)."""
     groups: dict[tuple[str, int], list[dict]] = {}
@@ -205,7 +235,7 @@ def comparisons(cells: list[dict]) -> dict:
             groups.setdefault((c["variant"], c["tokenizer_steps"]), []).append(c)
 
     def figures(first: list[dict], second: list[dict]) -> dict:
-        return {key: compare(first, second, group, key) for group, key in COMPARED}
+        return {key: compare(first, second, group, key) for group, key in (readout or EMBEDDED).compared}
 
     pairs, scaling = [], []
     for steps in sorted({s for _, s in groups}):
@@ -232,8 +262,8 @@ def _fmt_paired(stat: dict | None) -> tuple[str, str, str]:
     return str(stat["n"]), f"{stat['mean']:+.2f}{ci}", p
 
 
-def paired_markdown(comp: dict) -> list[str]:
-    short = {key: name for metrics in METRICS.values() for key, name, *_ in metrics}
+def paired_markdown(comp: dict, readout: Readout | None = None) -> list[str]:
+    short = {key: name for metrics in (readout or EMBEDDED).metrics.values() for key, name, *_ in metrics}
     lines = ["## paired comparisons", "",
              "Per-seed differences (cells at one seed share decoder, DiT and sampling seeds): mean, 95% t-interval, "
              "two-sided paired t-test p-value. Positive means the second named is higher.", "",
@@ -263,11 +293,12 @@ def _fmt(stat: dict | None) -> str:
     return f"{stat['mean']:.2f}" if stat["std"] is None else f"{stat['mean']:.2f} +- {stat['std']:.2f}"
 
 
-def markdown(rows: list[dict], cells: list[dict]) -> str:
-    lines = ["# openvtp study", "",
+def markdown(rows: list[dict], cells: list[dict], readout: Readout | None = None, header: Sequence[str] = ()) -> str:
+    readout = readout or EMBEDDED
+    lines = ["# openvtp study", "", *header,
              "Mean +- sample std over seeds (n: seeds; one seed: no spread). Tokenizer compute: FLOPs of a pre-training step counted by "
              "torch (forward + backward), times steps.", ""]
-    for group, metrics in METRICS.items():
+    for group, metrics in readout.metrics.items():
         lines += [f"## {group}", "", "| variant | steps | TFLOPs | n | " + " | ".join(m[1] for m in metrics) + " |",
                   "|---|---:|---:|---:|" + "---:|" * len(metrics)]
         for r in rows:
@@ -276,7 +307,7 @@ def markdown(rows: list[dict], cells: list[dict]) -> str:
                          f"{len(r['seeds'])} | " + " | ".join(cells_txt) + " |")
         lines += [""] + [f"- {short}: {meaning} ({'higher' if better else 'lower'} is better)"
                          for _, short, meaning, better in metrics] + [""]
-    lines += paired_markdown(comparisons(cells))
+    lines += paired_markdown(comparisons(cells, readout), readout)
     lines += machines_markdown(cells)
     incomplete = [c["cell"] for c in cells if not c["complete"]]
     if incomplete:
@@ -296,7 +327,7 @@ def machines_markdown(cells: list[dict]) -> list[str]:
             "included):", ""] + [f"- {kind}: {', '.join(names)}" for kind, names in by_kind.items()] + [""]
 
 
-def plot(rows: list[dict], path: Path, comp: dict | None = None) -> None:
+def plot(rows: list[dict], path: Path, comp: dict | None = None, readout: Readout | None = None) -> None:
     """The paper's figure at this scale: each panel a metric against tokenizer FLOPs, a line per variant
     with the spread over seeds as error bars; generation on top, understanding and reconstruction below; and
     a bottom row of each variant's paired difference from the AE with its 95% interval."""
@@ -305,12 +336,11 @@ def plot(rows: list[dict], path: Path, comp: dict | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = ["frechet_generated", "frechet_gap", "shape_acc_generated", "probe_shape_latent_seen", "zeroshot_shape",
-              "psnr"]
-    meaning = {key: (short, better) for metrics in METRICS.values() for key, short, _, better in metrics}
+    readout = readout or EMBEDDED
+    meaning = {key: (short, better) for metrics in readout.metrics.values() for key, short, _, better in metrics}
     colours = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))  # a variant's, in every panel
     fig, axes = plt.subplots(3, 3, figsize=(13, 11))
-    for ax, key in zip(axes.flat, panels):
+    for ax, key in zip(axes.flat, readout.panels):
         for variant in VARIANTS:
             pts = [r for r in rows if r["variant"] == variant and r[key] is not None]
             if pts:
@@ -323,7 +353,7 @@ def plot(rows: list[dict], path: Path, comp: dict | None = None) -> None:
         ax.set_xlabel("tokenizer pre-training FLOPs")
         ax.grid(alpha=0.3)
     vs_ae = [pair for pair in (comp or {}).get("pairs", []) if pair["a"] == "ae"]
-    for ax, key in zip(axes[2], ("frechet_generated", "shape_acc_generated", "psnr")):
+    for ax, key in zip(axes[2], readout.bottom):
         shown = [(pair, pair["figures"][key]) for pair in vs_ae if pair["figures"][key] is not None]
         for i, (pair, stat) in enumerate(shown):
             low, high = stat["ci"] or (stat["mean"], stat["mean"])
@@ -351,36 +381,50 @@ def write_outputs(out: Path) -> dict:
     from openvtp.eval.report import write_atomic
 
     cells = read_cells(out)
-    rows = aggregate(cells)
-    payload = {"settings": json.loads((out / SETTINGS).read_text()), "cells": cells, "aggregate": rows,
-               "comparisons": comparisons(cells)}
+    settings = json.loads((out / SETTINGS).read_text())
+    readout = LABELLED if "data" in settings else EMBEDDED
+    rows = aggregate(cells, readout)
+    payload = {"settings": settings, "cells": cells, "aggregate": rows, "comparisons": comparisons(cells, readout)}
+    header = []
+    if "data" in settings:  # what the data is, how its captions were made, what could not be read
+        from openvtp.demo.labelled import META
+
+        meta = json.loads((out / "data" / META).read_text())
+        payload = {"data": {k: v for k, v in meta.items() if k != "train_captions"}, **payload}
+        header = data_header(payload["data"], cells)
     write_json_atomic(payload, out / "study.json")
-    write_atomic(out / "study.md", markdown(rows, cells))
-    plot(rows, out / "study.png", payload["comparisons"])
+    write_atomic(out / "study.md", markdown(rows, cells, readout, header))
+    plot(rows, out / "study.png", payload["comparisons"], readout)
     return payload
 
 
 def run_study(out: str | Path, variants: Sequence[str], steps: Sequence[int], seeds: Sequence[int],
-              overrides: Sequence[str] = (), jobs: int = 1, progress: bool = True) -> dict:
+              overrides: Sequence[str] = (), jobs: int = 1, progress: bool = True,
+              data: DataPlan | None = None) -> dict:
     """Run every cell of the grid not already in `out`; returns study.json's content.
 
     jobs > 1 runs that many cells at once, each in its own process (one thread each, as the demo):
-    the figures are the same, only the wall time changes.
+    the figures are the same, only the wall time changes. data: a labelled set instead of the embedded scenes,
+    prepared once in `out/data` for every cell.
     """
     out = Path(out)
     cells = study_cells(variants, steps, seeds)
     check_overrides(overrides)
     if jobs < 1:
         raise OpenVTPError(f"--jobs must be >= 1, got {jobs}")
-    plans = {cell: plan_demo(out / "cells" / cell.name, cell_overrides(cell, overrides)) for cell in cells}
+    plans = {cell: plan_demo(out / "cells" / cell.name, cell_overrides(cell, overrides), data) for cell in cells}
     if any(not plan.generation.enabled for plan in plans.values()):
         raise OpenVTPError("generation.enabled=false: a study measures generation")
-    _check_settings(out, overrides)
+    _check_settings(out, overrides, data)
     from openvtp.runtime.run_folder import release_lock, take_lock
 
     lock = take_lock(out / "study.lock", "--out")
     try:
-        return _run_cells(out, cells, plans, overrides, jobs, progress)
+        if data:
+            from openvtp.demo.labelled_run import prepare
+
+            prepare(data)
+        return _run_cells(out, cells, plans, overrides, jobs, progress, data)
     except Interrupted as e:  # the unfinished cell is done again: the same command continues the study
         raise Interrupted(e.signum, f"{e.saved}; finished cells are kept", ()) from None
     finally:
@@ -388,7 +432,7 @@ def run_study(out: str | Path, variants: Sequence[str], steps: Sequence[int], se
 
 
 def _run_cells(out: Path, cells: list[Cell], plans: dict, overrides: Sequence[str], jobs: int,
-               progress: bool) -> dict:
+               progress: bool, data: DataPlan | None = None) -> dict:
     finished = read_cells(out)
     done = {c["cell"] for c in finished}
     todo = [c for c in cells if c.name not in done]
@@ -402,12 +446,17 @@ def _run_cells(out: Path, cells: list[Cell], plans: dict, overrides: Sequence[st
             if cell.variant not in flops:
                 flops[cell.variant] = pretrain_step_flops(plans[cell].pretrain)
         g, size = plans[todo[0]].generation, plans[todo[0]].pretrain.model.image_size
-        cached_attribute_probe(out / "judge", size, g.judge_steps, g.judge_seed, g.threads, progress=progress)
+        if data:
+            from openvtp.demo.labelled_judge import cached_judge
+
+            cached_judge(out / "judge", data.labelled, g.judge_steps, g.judge_seed, g.threads, data.mirror, progress)
+        else:
+            cached_attribute_probe(out / "judge", size, g.judge_steps, g.judge_seed, g.threads, progress=progress)
         _run_in_processes(out, todo, overrides, flops, jobs, len(cells) - len(todo), len(cells))
     for i, cell in enumerate(todo if jobs == 1 else []):
         log.info("study: cell %s (%d of %d to run; %d of %d cells done)", cell.name, i + 1, len(todo),
                  len(cells) - len(todo) + i, len(cells))
-        run_cell(out, cell, overrides, flops, progress)
+        run_cell(out, cell, overrides, flops, progress, data)
         write_outputs(out)
     return write_outputs(out)
 
@@ -446,6 +495,18 @@ def _run_in_processes(out: Path, todo: list[Cell], overrides: Sequence[str], flo
             proc.kill()
 
 
+def study_data(out: Path) -> DataPlan | None:
+    """The labelled set a study folder's settings name (prepared in `out/data`), or None for the embedded data."""
+    settings = json.loads((out / SETTINGS).read_text())
+    if "data" not in settings:
+        return None
+    from openvtp.demo.labelled import LabelledRequest
+    from openvtp.demo.labelled_settings import open_data
+
+    d = settings["data"]
+    return open_data(LabelledRequest(**d["request"]), out / "data", d["fid_weights"] or "")
+
+
 def _die_with_parent() -> None:
     """Linux: a cell process is killed when the study process dies, so no orphan writes into a cell a rerun redoes."""
     try:
@@ -462,7 +523,7 @@ def _cell_process(argv: Sequence[str]) -> None:
     out, variant, steps, seed, flops, *overrides = argv
     cell = Cell(variant, int(steps), int(seed))
     try:
-        run_cell(Path(out), cell, overrides, {variant: int(flops)}, progress=False)
+        run_cell(Path(out), cell, overrides, {variant: int(flops)}, progress=False, data=study_data(Path(out)))
     except OpenVTPError as e:
         print(f"error: {e}")
         raise SystemExit(1) from None

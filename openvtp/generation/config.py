@@ -42,6 +42,7 @@ class LatentDataConfig:
     latent_multiplier: float = 1.0  # LightningDiT's: normalised latents are multiplied by it
     workers: int = 2  # DataLoader worker processes
     tokenizer: str = ""  # VTP checkpoint dir; decodes samples (sample, gfid)
+    flip: bool = True  # train on the stored mirror images half the time; false for classes a mirror changes (digits)
 
 
 @dataclass

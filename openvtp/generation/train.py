@@ -45,8 +45,8 @@ class StepBatches(Sampler):
     """
 
     def __init__(self, n: int, global_batch: int, seed: int, start_step: int, steps: int, rank: int = 0,
-                 world: int = 1):
-        self.n, self.B, self.seed = n, global_batch, seed
+                 world: int = 1, flip: bool = True):
+        self.n, self.B, self.seed, self.flip = n, global_batch, seed, flip
         self.start, self.steps = start_step, steps
         self.rank, self.local = rank, global_batch // world
         self._perm: dict[int, torch.Tensor] = {}
@@ -60,7 +60,7 @@ class StepBatches(Sampler):
     def batch(self, step: int) -> list[tuple[int, bool]]:
         pos = torch.arange(step * self.B, (step + 1) * self.B)
         idx = self._indices(pos)
-        flip = torch.randint(0, 2, (self.B,), generator=seeding.generator(self.seed, seeding.FLIP, step))
+        flip = torch.randint(0, 2, (self.B,), generator=seeding.generator(self.seed, seeding.FLIP, step)) * self.flip
         sl = slice(self.rank * self.local, (self.rank + 1) * self.local)
         return list(zip(idx[sl].tolist(), flip[sl].bool().tolist()))
 
@@ -173,7 +173,7 @@ def _train_dit(cfg: GenerationConfig, info: dist.DistInfo, run: RunFolder,
     model.train()
     loss_fn = FlowMatchingLoss(cfg.flow.timestep_sampling, cfg.flow.lognorm_mu, cfg.flow.lognorm_sigma,
                                cfg.flow.cos_weight)
-    sampler = StepBatches(len(data), tc.batch, tc.seed, start, tc.steps, info.rank, info.world_size)
+    sampler = StepBatches(len(data), tc.batch, tc.seed, start, tc.steps, info.rank, info.world_size, cfg.data.flip)
     loader = DataLoader(data, batch_sampler=sampler, num_workers=cfg.data.workers,
                         pin_memory=device.type == "cuda", worker_init_fn=quiet_worker)
     logger = RunLogger(out, tc.steps, start, enabled=main, desc="train dit", tensorboard=tc.tensorboard,
