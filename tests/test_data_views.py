@@ -3,18 +3,8 @@ import pytest
 import torch
 
 from openvtp.demo.scenes import CaptionedScenes
-from openvtp.data.views import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MultiCrop,
-    center_view,
-    contrastive_view,
-    denormalize,
-    normalize,
-    reconstruction_view,
-    sample_generator,
-    to_uint8,
-)
+from openvtp.data.views import (IMAGENET_MEAN, IMAGENET_STD, MultiCrop, center_view, contrastive_view, denormalize,
+                                 normalize, reconstruction_view, sample_generator, to_uint8)
 
 
 @pytest.fixture(scope="module")

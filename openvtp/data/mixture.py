@@ -8,6 +8,8 @@ from torch.utils.data import Dataset
 
 from openvtp.errors import OpenVTPError
 
+from .indexing import checked_index
+
 
 class Mixture(Dataset):
     """Item i comes from dataset j with probability weights[j], at a random index of it.
@@ -65,10 +67,7 @@ class Mixture(Dataset):
         return j, index % n if self.keep_index else int(rng.integers(n))
 
     def __getitem__(self, index: int) -> dict:
-        if index < 0:
-            index += self.length
-        if not 0 <= index < self.length:
-            raise IndexError(f"mixture index {index} out of range for length {self.length}")
+        index = checked_index(index, self.length, "mixture")
         j, k = self.locate(index)
         item = self.datasets[j][k]
         if self.keys is not None:

@@ -83,6 +83,40 @@ def _classes(condition: str) -> tuple[list[int], list[str]]:
     return [s * len(COLOURS) + c for s, c in SEEN_IDS], [f"{COLOURS[c]} {SHAPES[s]}" for s, c in SEEN_IDS]
 
 
+def prepare_generation(tokenizer: str | Path, out_dir: str | Path, num_classes: int, seed: int, progress: bool,
+                       dit_overrides: Sequence[str], threads: int):
+    """(out, DiT config, tokenizer) of a generation half: the config first, so that a bad override fails before
+    any work; then `out` without an earlier run's latents, DiT and samples (maybe of another tokenizer)."""
+    from openvtp.models.vtp import VTPModel
+
+    out = Path(out_dir) / "generation"
+    cfg = load_config(GenerationConfig, PRESET, [
+        f"data.latents_dir={out / 'latents'}", f"data.tokenizer={tokenizer}", f"train.out_dir={out / 'dit'}",
+        f"data.num_classes={num_classes}", f"train.seed={seed}", f"sample.seed={seed}", f"train.progress={progress}",
+        *dit_overrides])
+    validate(cfg)
+    vtp = VTPModel.from_pretrained(tokenizer).eval()
+    if not vtp.config.train_reconstruction:
+        raise OpenVTPError(f"{tokenizer} has no pixel decoder: generation needs train_reconstruction=true")
+    torch.set_num_threads(threads)
+    for stale in ("latents", "dit", "samples"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out, cfg, vtp
+
+
+class Laps:
+    """`t = lap("phase", t)`: logs and keeps the seconds since `t`, returns now (the next phase's start)."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+
+    def __call__(self, name: str, since: float) -> float:
+        self.phases[name] = round(time.perf_counter() - since, 1)
+        log.info("generation demo: %s took %.0fs", name, self.phases[name])
+        return time.perf_counter()
+
+
 def rounded(figures: dict) -> dict:
     return {k: (None if v is None else round(float(v), 4)) for k, v in figures.items()}
 
@@ -109,31 +143,12 @@ def run_generation_demo(
     start = time.perf_counter()
     demo = demo or GenerationDemoConfig()
     validate_demo(demo)
-    from openvtp.models.vtp import VTPModel
-
-    # the DiT config first: a bad override fails before any work
-    out = Path(out_dir) / "generation"
-    cfg = load_config(GenerationConfig, PRESET, [
-        f"data.latents_dir={out / 'latents'}", f"data.tokenizer={tokenizer}", f"train.out_dir={out / 'dit'}",
-        f"data.num_classes={len(SHAPES) * (len(COLOURS) if demo.condition == 'shape_colour' else 1)}",
-        f"train.seed={seed}", f"sample.seed={seed}", f"train.progress={progress}", *dit_overrides])
-    validate(cfg)
-    vtp = VTPModel.from_pretrained(tokenizer).eval()
-    if not vtp.config.train_reconstruction:
-        raise OpenVTPError(f"{tokenizer} has no pixel decoder: generation needs train_reconstruction=true")
-    torch.set_num_threads(demo.threads)
+    num_classes = len(SHAPES) * (len(COLOURS) if demo.condition == "shape_colour" else 1)
+    out, cfg, vtp = prepare_generation(tokenizer, out_dir, num_classes, seed, progress, dit_overrides, demo.threads)
     size = vtp.config.image_size
-    for stale in ("latents", "dit", "samples"):  # from an earlier run, maybe with another tokenizer
-        shutil.rmtree(out / stale, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
     condition = demo.condition
     class_ids, class_names = _classes(condition)
-    phases: dict[str, float] = {}
-
-    def lap(name: str, since: float) -> float:
-        phases[name] = round(time.perf_counter() - since, 1)
-        log.info("generation demo: %s took %.0fs", name, phases[name])
-        return time.perf_counter()
+    lap = Laps()
 
     # 1. latents of embedded train scenes and their flips, per-channel statistics
     t = time.perf_counter()
@@ -221,7 +236,7 @@ def run_generation_demo(
         "chance": round(1 / len(SHAPES), 4),
         "reference_images": len(reference),
         "grid": str(grid),
-        "timing": {"phases_s": phases, "total_s": round(time.perf_counter() - start, 1)},
+        "timing": {"phases_s": lap.phases, "total_s": round(time.perf_counter() - start, 1)},
     }
     if not complete:
         summary["stopped"] = f"DiT: {time_limit_message(cfg.train.time_limit_s, len(history), cfg.train.steps)}"

@@ -12,8 +12,6 @@ comes beside the judge's figures.
 """
 from __future__ import annotations
 
-import logging
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,22 +21,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from openvtp.config.load import load_config
-from openvtp.errors import OpenVTPError
 from openvtp.eval.fid import InceptionFeatures, feature_statistics, frechet_distance
-from openvtp.generation.config import GenerationConfig, dit_kwargs, validate
+from openvtp.generation.config import dit_kwargs
 from openvtp.generation.latents import LatentDataset, extract_latents
 from openvtp.generation.sample import sample
 from openvtp.generation.train import build_dit_for_data, train_dit
 from openvtp.runtime.checkpoint import write_json_atomic
 from openvtp.runtime.steps import time_limit_message
 
-from .generation import PRESET, SIZE_KEYS, labelled_rows, rounded
+from .generation import SIZE_KEYS, Laps, labelled_rows, prepare_generation, rounded
 from .generation_config import GenerationDemoConfig
 from .labelled import LabelledSet
 from .labelled_judge import cached_judge, judged, predict
 
-log = logging.getLogger("openvtp.demo.generation")
 GRID_CLASSES = 20  # rows of the sample grid: the first classes, one row each
 NO_INCEPTION = "skipped: no --fid-weights (the standard FID Inception weights file)"
 
@@ -77,28 +72,10 @@ def run_labelled_generation(tokenizer: str | Path, out_dir: str | Path, demo: Ge
     """Writes `out_dir/generation/` and returns its summary; the arguments are `run_generation_demo`'s, with the
     labelled set, whether its mirror images keep their class, and the FID Inception weights ('' skips that FID)."""
     start = time.perf_counter()
-    from openvtp.models.vtp import VTPModel
-
-    out = Path(out_dir) / "generation"
-    cfg = load_config(GenerationConfig, PRESET, [
-        f"data.latents_dir={out / 'latents'}", f"data.tokenizer={tokenizer}", f"train.out_dir={out / 'dit'}",
-        f"data.num_classes={data.num_classes}", f"train.seed={seed}", f"sample.seed={seed}",
-        f"train.progress={progress}", *dit_overrides])
-    validate(cfg)
-    vtp = VTPModel.from_pretrained(tokenizer).eval()
-    if not vtp.config.train_reconstruction:
-        raise OpenVTPError(f"{tokenizer} has no pixel decoder: generation needs train_reconstruction=true")
-    torch.set_num_threads(demo.threads)
+    out, cfg, vtp = prepare_generation(tokenizer, out_dir, data.num_classes, seed, progress, dit_overrides,
+                                       demo.threads)
     size = vtp.config.image_size
-    for stale in ("latents", "dit", "samples"):
-        shutil.rmtree(out / stale, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    phases: dict[str, float] = {}
-
-    def lap(name: str, since: float) -> float:
-        phases[name] = round(time.perf_counter() - since, 1)
-        log.info("generation demo: %s took %.0fs", name, phases[name])
-        return time.perf_counter()
+    lap = Laps()
 
     # 1. latents of the first train images (the split is in a random order); flips are kept, the DiT may use them
     t = time.perf_counter()
@@ -176,7 +153,7 @@ def run_labelled_generation(tokenizer: str | Path, out_dir: str | Path, demo: Ge
         "reference_images": len(reference01),
         "inception": "FID Inception pool features (--fid-weights)" if fid_weights else NO_INCEPTION,
         "grid": str(grid),
-        "timing": {"phases_s": phases, "total_s": round(time.perf_counter() - start, 1)},
+        "timing": {"phases_s": lap.phases, "total_s": round(time.perf_counter() - start, 1)},
     }
     if not complete:
         summary["stopped"] = f"DiT: {time_limit_message(cfg.train.time_limit_s, len(history), cfg.train.steps)}"

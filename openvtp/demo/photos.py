@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from openvtp.data.indexing import checked_index
 from openvtp.errors import OpenVTPError
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,7 @@ class NaturalPhotos(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict:
-        if index < 0:
-            index += self.length
-        if not 0 <= index < self.length:
-            raise IndexError(f"photo index {index} out of range for length {self.length}")
+        index = checked_index(index, self.length, "photo")
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
         label = int(rng.integers(len(self.photos)))
         name, arr, caption = self.photos[label]

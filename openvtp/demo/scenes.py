@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from openvtp.data.indexing import checked_index
 from openvtp.errors import OpenVTPError
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "heart", "ring")
@@ -359,11 +360,7 @@ class CaptionedScenes(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict:
-        if index < 0:
-            index += self.length
-        if not 0 <= index < self.length:
-            raise IndexError(f"scene index {index} out of range for length {self.length}")
-        index = int(index)
+        index = checked_index(index, self.length, "scene")
         if self.shape_twins and index % 2:
             return render_scene(self.seed, self.split, index - 1, self.size, self.pairs_for(index - 1), twin=True)
         return render_scene(self.seed, self.split, index, self.size, self.pairs_for(index))
