@@ -46,7 +46,7 @@ from openvtp.models.config import PRESETS
 from openvtp.runtime import dist
 from openvtp.runtime.precision import training_autocast
 from openvtp.train import parallel
-from openvtp.train.data import build_loader
+from openvtp.train.data import build_loader, finish_views
 from openvtp.train.flops import pretrain_step_flops
 from openvtp.train.loop import split_batch, train_step
 from openvtp.train.optim import adamw, pretrain_param_groups
@@ -193,7 +193,7 @@ def pretrain_part(check: Check, preset: str, batch: int) -> None:
         f"train.batch={batch}", f"ssl.batch={batch // 4}", f"recon.batch={batch // 8}"])
     validate(cfg, check.world)
     steps = sizes.check_steps + sizes.timed_steps
-    micro = [[{k: v.to(device) for k, v in mb.items()} for mb in split_batch(b, cfg.optim.accum_steps)]
+    micro = [[finish_views(mb, device) for mb in split_batch(b, cfg.optim.accum_steps)]
              for b in itertools.islice(build_loader(cfg, info.rank, check.world, 0), steps)]
     flops = pretrain_step_flops(cfg, device)
     torch.manual_seed(cfg.train.seed)

@@ -13,6 +13,9 @@ from openvtp.models.config import VTPConfig
 from openvtp.runtime.precision import PRECISIONS
 
 
+PHOTOMETRIC_PLACES = ("sample", "batch", "device")
+
+
 @dataclass
 class DataConfig:
     source: str = "embedded"        # embedded | shards | folder
@@ -22,6 +25,9 @@ class DataConfig:
     colours_per_batch: int = 0      # embedded: >0 draws each step's scenes from this many colours (hard negatives)
     shape_twins: bool = False       # embedded: every other scene is its neighbour with another shape (minimal pairs)
     workers: int = 0                # DataLoader worker processes
+    # where the multi-crop photometrics run: sample (crop by crop in the loader; bit-stable, the demo's),
+    # batch (all crops of a batch at once in the loader), device (at once on the training device: for GPUs)
+    photometric: str = "sample"
     shuffle_buffer: int = 1000      # shards
 
 
@@ -197,6 +203,7 @@ def _validate_common(t: TrainConfig, d: DataConfig, o: OptimConfig, e: EvalDurin
     require(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
     require(t.time_limit_s >= 0, "train.time_limit_s", "must be >= 0 (0: no limit)")
     require(d.workers >= 0, "data.workers", "must be >= 0")
+    require(d.photometric in PHOTOMETRIC_PLACES, "data.photometric", f"must be one of {', '.join(PHOTOMETRIC_PLACES)}")
     require(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
     require(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     require(0 <= o.min_lr <= o.lr, "optim.min_lr", f"must be in [0, optim.lr], got {o.min_lr}")

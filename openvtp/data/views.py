@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from dataclasses import dataclass
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -64,10 +65,14 @@ def _float01(img: torch.Tensor) -> torch.Tensor:
     return img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
 
 
-def _crop_resize(img: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
-    """Crop (top, left, h, w), resize bicubic with antialias, return float [0, 1]."""
-    out = TF.resized_crop(img, *box, size=list(size), interpolation=_BICUBIC, antialias=True)
-    return _float01(out).clamp_(0, 1)
+def _resized(img: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Crop (top, left, h, w) and resize bicubic with antialias, in the image's dtype (uint8 is rounded)."""
+    return TF.resized_crop(img, *box, size=list(size), interpolation=_BICUBIC, antialias=True)
+
+
+def finish(x: torch.Tensor) -> torch.Tensor:
+    """A rendered view (uint8, or float in [0, 1]) -> float, ImageNet-normalised."""
+    return normalize(_float01(x).clamp_(0, 1))
 
 
 def random_resized_crop_box(
@@ -106,7 +111,24 @@ def center_box(height: int, width: int, size: tuple[int, int], frac: float = 1.0
 def center_view(img: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Deterministic eval view: scale the shorter side, centre crop, normalise."""
     hw = _hw(size)
-    return normalize(_crop_resize(img, center_box(img.shape[-2], img.shape[-1], hw), hw))
+    return finish(_resized(img, center_box(img.shape[-2], img.shape[-1], hw), hw))
+
+
+def contrastive_crop(
+    img: torch.Tensor,
+    size: int | tuple[int, int],
+    gen: torch.Generator | None,
+    scale: tuple[float, float] = (0.9, 1.0),
+    flip_p: float = 0.0,
+) -> torch.Tensor:
+    """The geometry of `contrastive_view`, in the image's dtype (uint8 stays uint8), not normalised."""
+    hw = _hw(size)
+    if gen is None:
+        return _resized(img, center_box(img.shape[-2], img.shape[-1], hw), hw)
+    a = hw[1] / hw[0]
+    box = random_resized_crop_box(img.shape[-2], img.shape[-1], scale, (0.75 * a, a / 0.75), gen)
+    x = _resized(img, box, hw)
+    return TF.horizontal_flip(x) if _coin(gen, flip_p) else x
 
 
 def contrastive_view(
@@ -122,15 +144,27 @@ def contrastive_view(
     flip): captions may name sides, and a gentle crop keeps every captioned object in view.
     gen=None gives `center_view`.
     """
+    return finish(contrastive_crop(img, size, gen, scale, flip_p))
+
+
+def reconstruction_crop(
+    img: torch.Tensor,
+    size: int | tuple[int, int],
+    gen: torch.Generator | None,
+    scale: tuple[float, float] = (0.8, 1.0),
+    shift: float = 0.25,
+    flip_p: float = 0.5,
+) -> torch.Tensor:
+    """The geometry of `reconstruction_view`, in the image's dtype, not normalised."""
     hw = _hw(size)
+    H, W = img.shape[-2], img.shape[-1]
     if gen is None:
-        return center_view(img, hw)
-    a = hw[1] / hw[0]
-    box = random_resized_crop_box(img.shape[-2], img.shape[-1], scale, (0.75 * a, a / 0.75), gen)
-    x = _crop_resize(img, box, hw)
-    if _coin(gen, flip_p):
-        x = TF.horizontal_flip(x)
-    return normalize(x)
+        return _resized(img, center_box(H, W, hw), hw)
+    _, _, h, w = center_box(H, W, hw, _uniform(gen, *scale))
+    top = round((H - h) / 2 * (1 + shift * _uniform(gen, -1, 1)))
+    left = round((W - w) / 2 * (1 + shift * _uniform(gen, -1, 1)))
+    x = _resized(img, (top, left, h, w), hw)
+    return TF.horizontal_flip(x) if _coin(gen, flip_p) else x
 
 
 def reconstruction_view(
@@ -147,17 +181,27 @@ def reconstruction_view(
     Crops stay large so the decoder learns whole images at training resolution; gen=None gives
     `center_view`.
     """
-    hw = _hw(size)
-    if gen is None:
-        return center_view(img, hw)
-    H, W = img.shape[-2], img.shape[-1]
-    _, _, h, w = center_box(H, W, hw, _uniform(gen, *scale))
-    top = round((H - h) / 2 * (1 + shift * _uniform(gen, -1, 1)))
-    left = round((W - w) / 2 * (1 + shift * _uniform(gen, -1, 1)))
-    x = _crop_resize(img, (top, left, h, w), hw)
-    if _coin(gen, flip_p):
-        x = TF.horizontal_flip(x)
-    return normalize(x)
+    return finish(reconstruction_crop(img, size, gen, scale, shift, flip_p))
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """One multi-crop crop's random choices, drawn on the host before any pixel work.
+
+    The per-sample path (`MultiCrop.__call__`) and the batched one (`openvtp.data.photometric`) apply
+    the same plan, so both give the same crop whichever runs it, and where.
+    """
+
+    box: tuple[int, int, int, int]                       # (top, left, h, w) in the source image
+    flip: bool
+    jitter: tuple[float, float, float, float] | None     # brightness, contrast, saturation, hue factors
+    order: tuple[int, ...]                               # the order the four jitter ops run in
+    gray: bool
+    blur: tuple[float, int] | None                       # (sigma, odd kernel size) in pixels of the crop
+    solarize: bool
+
+
+_JITTER_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
 
 
 class MultiCrop:
@@ -170,7 +214,8 @@ class MultiCrop:
     RandomApply, so its stated (1.0, 0.1, 0.5) run as the default (0.0, 0.9, 0.5). The blur sigma
     and kernel are in pixels of DINOv2's crops (`blur_reference` = 224 global, 96 local) and scale
     with this crop's side, so a 32 px crop is blurred as much, relative to its size, as a 224 px one.
-    Returns (globals, locals): lists of float (3, s, s) normalised tensors.
+    Calling it returns (globals, locals): lists of float (3, s, s) normalised tensors. `plan` and
+    `render` split that call into the random draws and the geometric part, for batched photometrics.
     """
 
     def __init__(
@@ -201,53 +246,64 @@ class MultiCrop:
         self.blur_reference = blur_reference
         self.solarize_p = solarize_p
 
-    def _photometric(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if _coin(gen, self.jitter_p):
-            b, c, s, h = self.jitter
-            factors = (
-                _uniform(gen, max(0.0, 1 - b), 1 + b),
-                _uniform(gen, max(0.0, 1 - c), 1 + c),
-                _uniform(gen, max(0.0, 1 - s), 1 + s),
-                _uniform(gen, -h, h),
-            )
-            ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-            for k in torch.randperm(4, generator=gen).tolist():
-                x = ops[k](x, factors[k])
-        if _coin(gen, self.gray_p):
-            x = TF.rgb_to_grayscale(x, num_output_channels=3)
-        return x
-
     def blur_size(self, side: int, reference: int) -> tuple[float, int]:
         """(sigma scale, odd kernel size) for a crop of `side` px blurred like a `reference` px one."""
         scale = side / reference
         half = max(1, round(self.blur_kernel // 2 * scale))
         return scale, min(2 * half + 1, 2 * side - 1)  # reflect padding needs pad < side
 
-    def _blur(self, x: torch.Tensor, p: float, reference: int, gen: torch.Generator) -> torch.Tensor:
-        if not _coin(gen, p):
-            return x
-        scale, k = self.blur_size(min(x.shape[-2:]), reference)
-        sigma = _uniform(gen, *self.blur_sigma) * scale
-        return TF.gaussian_blur(x, [k, k], [sigma, sigma])
-
-    def _crop(self, img: torch.Tensor, size: tuple[int, int], scale, gen: torch.Generator) -> torch.Tensor:
+    def _plan_one(self, hw: tuple[int, int], size: tuple[int, int], scale, blur_p: float, reference: int,
+                  solarize_p: float | None, gen: torch.Generator) -> CropPlan:
+        """The draws of one crop, in the order the per-sample path has always made them."""
         a = size[1] / size[0]
-        box = random_resized_crop_box(img.shape[-2], img.shape[-1], scale, (0.75 * a, a / 0.75), gen)
-        x = _crop_resize(img, box, size)
-        if _coin(gen, self.flip_p):
-            x = TF.horizontal_flip(x)
-        return self._photometric(x, gen)
+        box = random_resized_crop_box(hw[0], hw[1], scale, (0.75 * a, a / 0.75), gen)
+        flip = _coin(gen, self.flip_p)
+        jitter, order = None, ()
+        if _coin(gen, self.jitter_p):
+            b, c, s, h = self.jitter
+            jitter = (_uniform(gen, max(0.0, 1 - b), 1 + b), _uniform(gen, max(0.0, 1 - c), 1 + c),
+                      _uniform(gen, max(0.0, 1 - s), 1 + s), _uniform(gen, -h, h))
+            order = tuple(torch.randperm(4, generator=gen).tolist())
+        gray = _coin(gen, self.gray_p)
+        blur = None
+        if _coin(gen, blur_p):
+            sigma_scale, k = self.blur_size(min(size), reference)
+            blur = (_uniform(gen, *self.blur_sigma) * sigma_scale, k)
+        solarize = solarize_p is not None and _coin(gen, solarize_p)
+        return CropPlan(box, flip, jitter, order, gray, blur, solarize)
+
+    def plan(self, hw: tuple[int, int], gen: torch.Generator) -> tuple[list[CropPlan], list[CropPlan]]:
+        """(global, local) crop plans for an image of size hw = (H, W)."""
+        globals_ = [self._plan_one(hw, self.global_size, self.global_scale, self.blur_p[0 if i == 0 else 1],
+                                   self.blur_reference[0], None if i == 0 else self.solarize_p, gen)
+                    for i in range(self.n_global)]
+        locals_ = [self._plan_one(hw, self.local_size, self.local_scale, self.blur_p[2], self.blur_reference[1],
+                                  None, gen) for _ in range(self.n_local)]
+        return globals_, locals_
+
+    @staticmethod
+    def render(img: torch.Tensor, plan: CropPlan, size: tuple[int, int]) -> torch.Tensor:
+        """The geometric part of a crop: resized and flipped, in the image's dtype (uint8 stays uint8)."""
+        x = _resized(img, plan.box, size)
+        return TF.horizontal_flip(x) if plan.flip else x
+
+    @staticmethod
+    def photometric(x: torch.Tensor, plan: CropPlan) -> torch.Tensor:
+        """The photometric part of one rendered crop, then normalisation: float (3, s, s)."""
+        x = _float01(x).clamp_(0, 1)
+        if plan.jitter is not None:
+            for k in plan.order:
+                x = _JITTER_OPS[k](x, plan.jitter[k])
+        if plan.gray:
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        if plan.blur is not None:
+            sigma, k = plan.blur
+            x = TF.gaussian_blur(x, [k, k], [sigma, sigma])
+        if plan.solarize:
+            x = TF.solarize(x, 0.5)
+        return normalize(x.clamp(0, 1))
 
     def __call__(self, img: torch.Tensor, gen: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        globals_, locals_ = [], []
-        for i in range(self.n_global):
-            x = self._crop(img, self.global_size, self.global_scale, gen)
-            x = self._blur(x, self.blur_p[0] if i == 0 else self.blur_p[1], self.blur_reference[0], gen)
-            if i > 0 and _coin(gen, self.solarize_p):
-                x = TF.solarize(x, 0.5)
-            globals_.append(normalize(x.clamp(0, 1)))
-        for _ in range(self.n_local):
-            x = self._blur(self._crop(img, self.local_size, self.local_scale, gen), self.blur_p[2],
-                           self.blur_reference[1], gen)
-            locals_.append(normalize(x.clamp(0, 1)))
-        return globals_, locals_
+        globals_, locals_ = self.plan(img.shape[-2:], gen)
+        return ([self.photometric(self.render(img, p, self.global_size), p) for p in globals_],
+                [self.photometric(self.render(img, p, self.local_size), p) for p in locals_])

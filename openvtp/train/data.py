@@ -17,11 +17,12 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from openvtp.config.schema import PretrainConfig
 from openvtp.data.folders import CaptionFolder, ClassFolder
 from openvtp.data.masking import batch_masks, mask_ratios
+from openvtp.data.photometric import photometric_batch, plan_rows
 from openvtp.data.registry import provider
 from openvtp.data.shards import ShardDataset
 from openvtp.data.text import tokenize
-from openvtp.data.views import (STREAM_CLIP, STREAM_MASK, STREAM_RECON, STREAM_SSL, MultiCrop, contrastive_view,
-                                reconstruction_view, sample_generator)
+from openvtp.data.views import (STREAM_CLIP, STREAM_MASK, STREAM_RECON, STREAM_SSL, MultiCrop, contrastive_crop,
+                                finish, reconstruction_crop, sample_generator)
 
 from openvtp.runtime.interrupt import quiet_worker
 
@@ -88,38 +89,79 @@ class PretrainCollate:
         return mask_ratios(s.n_global * s.batch, tuple(s.mask_ratio), s.mask_probability, gen).view(s.batch, s.n_global)
 
     def __call__(self, samples: list[dict], step: int, positions: list[int]) -> dict[str, torch.Tensor]:
+        """The views, finished (normalised) unless data.photometric=device: then the geometry only, as `*_raw`
+        (uint8 for uint8 sources) with the crops' `*_plan` tables, for `finish_views` on the device."""
         cfg, lay, seed = self.cfg, self.layout, self.cfg.train.seed
+        per_sample = cfg.data.photometric == "sample"
         size = cfg.model.image_size
         out: dict[str, torch.Tensor] = {"step": torch.tensor(step)}
         out["skipped"] = torch.tensor(sum(int(s.get("skipped", 0)) for s in samples))
         if cfg.clip.weight > 0:
-            out["clip_images"] = torch.stack([
-                contrastive_view(s["image"], size, sample_generator(seed, step, p, STREAM_CLIP), cfg.clip.crop_scale)
+            out["clip_images_raw"] = torch.stack([
+                contrastive_crop(s["image"], size, sample_generator(seed, step, p, STREAM_CLIP), cfg.clip.crop_scale)
                 for s, p in zip(samples, positions)])
             out["text"] = tokenize([s["caption"] for s in samples], cfg.model.text_context_length)
         if self.multicrop is not None:
-            plan = self._mask_plan(step)
-            g, l, masks = [], [], []
-            for s, p in zip(samples, positions):
-                if not lay.is_ssl(p):
-                    continue
-                gl, lo = self.multicrop(s["image"], sample_generator(seed, step, p, STREAM_SSL))
-                g.append(torch.stack(gl))
-                if lo:
-                    l.append(torch.stack(lo))
-                masks.append(batch_masks(cfg.ssl.n_global, self.grid, self.grid, ratios=plan[p // lay.ssl_stride],
-                                         gen_for=lambda i, p=p: sample_generator(seed, step, p, STREAM_MASK * 100 + i)
-                                         ).flatten(1))
-            out["ssl_globals"] = torch.stack(g, dim=1)  # (n_global, B_ssl, 3, G, G)
-            if l:
-                out["ssl_locals"] = torch.stack(l, dim=1)  # (n_local, B_ssl, 3, L, L)
-            # masks are ordered sample-major above; make them crop-major like the stacked crops
-            out["ssl_masks"] = torch.stack(masks).transpose(0, 1).reshape(-1, self.grid**2)
+            out.update(self._ssl(samples, step, positions, per_sample))
         if lay.rec_stride:
-            out["rec_images"] = torch.stack([
-                reconstruction_view(s["image"], size, sample_generator(seed, step, p, STREAM_RECON))
+            out["rec_images_raw"] = torch.stack([
+                reconstruction_crop(s["image"], size, sample_generator(seed, step, p, STREAM_RECON))
                 for s, p in zip(samples, positions) if lay.is_rec(p)])
+        return out if cfg.data.photometric == "device" else finish_views(out, torch.device("cpu"))
+
+    def _ssl(self, samples: list[dict], step: int, positions: list[int], per_sample: bool) -> dict[str, torch.Tensor]:
+        """Crop-major (n, B_ssl, ...) crops and masks; per_sample: photometrics done here, crop by crop."""
+        mc, lay, seed = self.multicrop, self.layout, self.cfg.train.seed
+        plan = self._mask_plan(step)
+        crops: dict[str, list] = {"ssl_globals": [], "ssl_locals": []}
+        plans: dict[str, list] = {"ssl_globals": [], "ssl_locals": []}
+        masks = []
+        for s, p in zip(samples, positions):
+            if not lay.is_ssl(p):
+                continue
+            img = s["image"]
+            for key, crop_plans, size in zip(crops, mc.plan(img.shape[-2:], sample_generator(seed, step, p, STREAM_SSL)),
+                                             (mc.global_size, mc.local_size)):
+                rendered = [mc.render(img, c, size) for c in crop_plans]
+                crops[key].append([mc.photometric(x, c) for x, c in zip(rendered, crop_plans)] if per_sample
+                                  else rendered)
+                plans[key].append(crop_plans)
+            masks.append(batch_masks(mc.n_global, self.grid, self.grid, ratios=plan[p // lay.ssl_stride],
+                                     gen_for=lambda i, p=p: sample_generator(seed, step, p, STREAM_MASK * 100 + i)
+                                     ).flatten(1))
+        out = {}
+        for key, per in crops.items():
+            if not per or not per[0]:
+                continue  # no local crops
+            stacked = torch.stack([torch.stack(c) for c in per], dim=1)  # (n, B_ssl, 3, S, S)
+            if per_sample:
+                out[key] = stacked
+            else:
+                out[key + "_raw"] = stacked
+                rows = [plan_rows(c) for c in plans[key]]  # per sample (n, PLAN_COLUMNS)
+                out[key + "_plan"] = torch.stack(rows, dim=1)
+        # masks are ordered sample-major above; make them crop-major like the stacked crops
+        out["ssl_masks"] = torch.stack(masks).transpose(0, 1).reshape(-1, self.grid**2)
         return out
+
+
+def finish_views(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch on `device`, every `*_raw` view finished there: multi-crops through their `*_plan` tables
+    (`photometric_batch`), the CLIP and reconstruction views normalised. Finished batches just move."""
+    out = {}
+    for key, value in batch.items():
+        if key.endswith("_plan"):
+            continue
+        value = value.to(device, non_blocking=True)
+        if key.endswith("_raw"):
+            key = key[:-len("_raw")]
+            if key + "_plan" in batch:
+                value = photometric_batch(value.flatten(0, 1), batch[key + "_plan"].flatten(0, 1)).unflatten(
+                    0, value.shape[:2])
+            else:
+                value = finish(value)
+        out[key] = value
+    return out
 
 
 class StepBatches(IterableDataset):

@@ -30,7 +30,7 @@ from openvtp.runtime.precision import training_autocast
 from openvtp.runtime.run_folder import RunFolder
 from openvtp.runtime.steps import Step, run_steps
 
-from .data import build_loader
+from .data import build_loader, finish_views
 from .figures import grid_due, loss_curves, recon_grid
 from .optim import adamw, param_groups
 from .schedules import warmup_cosine
@@ -193,7 +193,7 @@ def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunF
         lr = warmup_cosine(step, cfg.train.steps, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
         for group in opt_g.param_groups:
             group["lr"] = lr
-        images = batch["rec_images"].to(info.device, non_blocking=True)
+        images = batch["rec_images"]
         skip, terms = finetune_step(cfg, task, decoder, disc, opt_g, opt_d, images, step, info.device, log=log_due)
         return Step(skip, terms, {"lr": lr}, batch["skipped"].to(info.device))
 
@@ -203,7 +203,7 @@ def _finetune_decoder(cfg: FinetuneDecoderConfig, info: dist.DistInfo, run: RunF
             recon_grid(model, batch["rec_images"][:8], out / "images" / f"recon_{done:07d}.png")
 
     task.train()
-    ended = run_steps(run, cfg.train, ((int(b["step"]), b) for b in loader), step_fn,
+    ended = run_steps(run, cfg.train, ((int(b["step"]), finish_views(b, info.device)) for b in loader), step_fn,
                       checkpointer(out, main, config_yaml, cfg.train.keep_last, state), start=start,
                       batch=cfg.train.batch, device=info.device, out=out, warn=logger.warn, after_step=after_step)
     summary: dict = {}

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from openvtp.config.schema import PretrainConfig
 from openvtp.models import VTPModel
 
-from .data import build_loader
+from .data import build_loader, finish_views
 from .task import PretrainTask
 
 
@@ -28,7 +28,7 @@ def pretrain_step_flops(cfg: PretrainConfig, device: torch.device | str = "cpu",
     cfg = replace(cfg, data=replace(cfg.data, workers=0))
     torch.manual_seed(cfg.train.seed)
     task = PretrainTask(cfg, VTPModel(cfg.model)).to(device).train()
-    batch = {k: v.to(device) for k, v in next(iter(build_loader(cfg, 0, 1, 0))).items()}
+    batch = finish_views(next(iter(build_loader(cfg, 0, 1, 0))), torch.device(device))
     with FlopCounterMode(display=False, custom_mapping=custom_mapping) as counter:
         task(batch, 0)["loss"].backward()
     return int(counter.get_total_flops())

@@ -25,7 +25,7 @@ from openvtp.runtime.run_folder import RunFolder
 from openvtp.runtime.steps import Outcome, Step, run_steps
 
 from . import parallel
-from .data import build_loader
+from .data import build_loader, finish_views
 from .figures import grid_due, heldout_eval, loss_curves, recon_grid
 from .optim import adamw, clip_gradients, pretrain_param_groups, set_schedule, total_norm
 from .schedules import cosine, warmup_cosine
@@ -48,10 +48,10 @@ def _split(batch: dict, n: int) -> list[dict]:
     for key, value in batch.items():
         if value.ndim == 0:
             chunks = [value] * n
-        elif key in ("ssl_globals", "ssl_locals"):
+        elif key.startswith(("ssl_globals", "ssl_locals")):  # the crops, raw or finished, and their plans
             chunks = value.chunk(n, dim=1)
         elif key == "ssl_masks":
-            g = batch["ssl_globals"].shape[0]
+            g = batch.get("ssl_globals", batch.get("ssl_globals_raw")).shape[0]
             chunks = [c.flatten(0, 1) for c in value.view(g, -1, value.shape[-1]).chunk(n, dim=1)]
         else:
             chunks = value.chunk(n, dim=0)
@@ -155,8 +155,7 @@ def _pretrain(cfg: PretrainConfig, info: dist.DistInfo, run: RunFolder) -> dict:
 
     def batches():
         for batch in loader:
-            micro = [{k: v.to(info.device, non_blocking=True) for k, v in mb.items()}
-                     for mb in split_batch(batch, cfg.optim.accum_steps)]
+            micro = [finish_views(mb, info.device) for mb in split_batch(batch, cfg.optim.accum_steps)]
             yield int(batch["step"]), (micro, batch["skipped"])
 
     def step_fn(step: int, item, log_due: bool) -> Step:

@@ -1,0 +1,123 @@
+"""Multi-crop photometrics for a whole batch of crops at once, on any device.
+
+The host draws every crop's choices (`MultiCrop.plan`) and renders only its geometry; this module
+applies the colour jitter, grayscale, blur, solarisation and normalisation of all crops of one size
+together, from a (N, PLAN_COLUMNS) table of those choices. The crops equal the per-sample path's
+(`MultiCrop.photometric`) up to float rounding: the same formulas, reassociated (the blur is separable,
+the HSV round trip of the hue shift is written out here), so a run keeps its (seed, step, position)
+determinism wherever the photometrics run. Which crops an op touches is read from the table on the
+host, so a CUDA device never waits for the host to learn it.
+"""
+from __future__ import annotations
+
+import torch
+
+from openvtp.data.views import CropPlan, normalize
+
+# jitter on, brightness, contrast, saturation, hue, the 4-op order, gray, blur on, sigma, kernel, solarise
+PLAN_COLUMNS = 14
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
+_ORDER, _GRAY, _BLUR, _SIGMA, _KERNEL, _SOLARIZE = 5, 9, 10, 11, 12, 13
+_TINY_TAP = 1e-20  # Gaussian taps below this are 0: they change no float32 pixel, and denormals are slow on CPUs
+
+
+def plan_rows(plans: list[CropPlan]) -> torch.Tensor:
+    """(len(plans), PLAN_COLUMNS) float64 table of the crops' photometric choices (exact for every drawn value)."""
+    rows = torch.zeros(len(plans), PLAN_COLUMNS, dtype=torch.float64)
+    for row, p in zip(rows, plans):
+        if p.jitter is not None:
+            row[0], row[1:5], row[_ORDER:_ORDER + 4] = 1, torch.tensor(p.jitter), torch.tensor(p.order)
+        row[_GRAY] = p.gray
+        if p.blur is not None:
+            row[_BLUR], row[_SIGMA], row[_KERNEL] = 1, p.blur[0], p.blur[1]
+        row[_SOLARIZE] = p.solarize
+    return rows
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) luma with torchvision's ITU-R 601 weights."""
+    r, g, b = x.unbind(1)
+    return (r * 0.2989 + g * 0.587 + b * 0.114).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (x * factor + other * (1.0 - factor)).clamp_(0, 1)
+
+
+def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of (N, 3, H, W) pixels in [0, 1] by `shift` (N, 1, 1, 1) turns."""
+    r, g, b = x.unbind(1)
+    minc, maxc = torch.aminmax(x, dim=1)
+    span = maxc - minc
+    flat = span == 0
+    s = span / torch.where(flat, 1.0, maxc)
+    rc, gc, bc = ((maxc.unsqueeze(1) - x) / torch.where(flat, 1.0, span).unsqueeze(1)).unbind(1)
+    at_r, at_g = maxc == r, (maxc == g) & (maxc != r)
+    h = torch.where(at_r, bc - gc, torch.where(at_g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(flat, 0.0, h / 6.0 + 1.0).fmod(1.0)
+    h = (h + shift.squeeze(1)).remainder(1.0) * 6.0
+    sector = torch.floor(h)
+    f = h - sector
+    sector = sector.to(torch.int64).remainder_(6).unsqueeze(1)
+    v = maxc
+    p = (v * (1.0 - s)).clamp_(0, 1)
+    q = (v * (1.0 - s * f)).clamp_(0, 1)
+    t = (v * (1.0 - s * (1.0 - f))).clamp_(0, 1)
+    vpqt = torch.stack((v, p, q, t), dim=1)
+    # which of v, p, q, t each output channel takes, by hue sector
+    table = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device)
+    return vpqt.gather(1, table[:, sector.squeeze(1)].transpose(0, 1))
+
+
+def _jitter_op(k: int, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    if k == _BRIGHTNESS:
+        return (x * factor).clamp_(0, 1)
+    if k == _CONTRAST:
+        return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+    if k == _SATURATION:
+        return _blend(x, _gray(x), factor)
+    return _hue(x, factor)
+
+
+def _blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding and a per-crop sigma (N,); kernel size k."""
+    offsets = torch.arange(k, device=x.device, dtype=x.dtype) - (k - 1) / 2
+    taps = torch.exp(-0.5 * (offsets / sigma.to(x.dtype).unsqueeze(1)) ** 2)
+    taps = taps / taps.sum(dim=1, keepdim=True)
+    taps = torch.where(taps < _TINY_TAP, 0.0, taps).view(-1, 1, 1, 1, k)
+    r = k // 2
+    xp = torch.nn.functional.pad(x, (r, r, r, r), mode="reflect")
+    w = x.shape[-1]
+    rows = sum(taps[..., j] * xp[..., j:j + w] for j in range(k))
+    h = x.shape[-2]
+    return sum(taps[..., j] * rows[..., j:j + h, :] for j in range(k))
+
+
+def _apply(x: torch.Tensor, rows: torch.Tensor, fn) -> None:
+    """x[rows] = fn(x[rows], rows) in place, for a host bool mask `rows`; nothing when it is empty."""
+    idx = rows.nonzero().squeeze(1)
+    if len(idx) == len(x):
+        x.copy_(fn(x, idx))
+    elif len(idx):
+        on = idx.to(x.device, non_blocking=True)
+        x[on] = fn(x[on], idx)
+
+
+def photometric_batch(crops: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+    """Batched `MultiCrop.photometric`: crops (N, 3, s, s) uint8 (or float in [0, 1]) on any device, plan the
+    (N, PLAN_COLUMNS) host table of `plan_rows`; float (N, 3, s, s) normalised, on the crops' device."""
+    assert plan.device.type == "cpu" and plan.shape == (len(crops), PLAN_COLUMNS), "plan: host (N, PLAN_COLUMNS)"
+    x = crops.float() / 255.0 if crops.dtype == torch.uint8 else crops.float().clamp(0, 1)
+    factors = plan[:, 1:5].to(x.device, torch.float32, non_blocking=True).view(-1, 4, 1, 1, 1)
+    jittered = plan[:, 0] > 0
+    for position in range(4):
+        for k in range(4):
+            _apply(x, jittered & (plan[:, _ORDER + position] == k),
+                   lambda y, i, k=k: _jitter_op(k, y, factors[i.to(x.device), k]))
+    _apply(x, plan[:, _GRAY] > 0, lambda y, i: _gray(y).expand_as(y))
+    for k in plan[plan[:, _BLUR] > 0, _KERNEL].unique().tolist():
+        sigma = plan[:, _SIGMA].to(torch.float32)
+        _apply(x, (plan[:, _BLUR] > 0) & (plan[:, _KERNEL] == k),
+               lambda y, i, k=int(k): _blur(y, sigma[i].to(x.device, non_blocking=True), k))
+    _apply(x, plan[:, _SOLARIZE] > 0, lambda y, i: torch.where(y >= 0.5, 1.0 - y, y))
+    return normalize(x.clamp_(0, 1))
