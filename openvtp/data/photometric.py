@@ -45,28 +45,23 @@ def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.
 
 
 def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the HSV hue of (N, 3, H, W) pixels in [0, 1] by `shift` (N, 1, 1, 1) turns."""
+    """Rotate the HSV hue of (N, 3, H, W) pixels in [0, 1] by `shift` (N, 1, 1, 1) turns.
+
+    torchvision's RGB -> HSV -> RGB round trip without the HSV image: a hue rotation keeps each pixel's
+    max and min, and each output channel is max - (max - min) * clamp(min(k, 4 - k), 0, 1), with k the
+    rotated hue in sixths offset by 5, 3, 1 for R, G, B.
+    """
     r, g, b = x.unbind(1)
     minc, maxc = torch.aminmax(x, dim=1)
     span = maxc - minc
-    flat = span == 0
-    s = span / torch.where(flat, 1.0, maxc)
-    rc, gc, bc = ((maxc.unsqueeze(1) - x) / torch.where(flat, 1.0, span).unsqueeze(1)).unbind(1)
-    at_r, at_g = maxc == r, (maxc == g) & (maxc != r)
-    h = torch.where(at_r, bc - gc, torch.where(at_g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(flat, 0.0, h / 6.0 + 1.0).fmod(1.0)
-    h = (h + shift.squeeze(1)).remainder(1.0) * 6.0
-    sector = torch.floor(h)
-    f = h - sector
-    sector = sector.to(torch.int64).remainder_(6).unsqueeze(1)
-    v = maxc
-    p = (v * (1.0 - s)).clamp_(0, 1)
-    q = (v * (1.0 - s * f)).clamp_(0, 1)
-    t = (v * (1.0 - s * (1.0 - f))).clamp_(0, 1)
-    vpqt = torch.stack((v, p, q, t), dim=1)
-    # which of v, p, q, t each output channel takes, by hue sector
-    table = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device)
-    return vpqt.gather(1, table[:, sector.squeeze(1)].transpose(0, 1))
+    inv = 1.0 / torch.where(span == 0, 1.0, span)
+    sixths = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+    sixths = sixths + 6.0 * shift.view(-1, 1, 1)
+    channels = []
+    for offset in (5.0, 3.0, 1.0):
+        k = (sixths + offset).remainder_(6.0)
+        channels.append(maxc - span * torch.minimum(k, 4.0 - k).clamp_(0, 1))
+    return torch.stack(channels, dim=1)
 
 
 def _jitter_op(k: int, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -81,16 +76,16 @@ def _jitter_op(k: int, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def _blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
     """Separable Gaussian blur with reflect padding and a per-crop sigma (N,); kernel size k."""
+    n, c, h, w = x.shape
     offsets = torch.arange(k, device=x.device, dtype=x.dtype) - (k - 1) / 2
     taps = torch.exp(-0.5 * (offsets / sigma.to(x.dtype).unsqueeze(1)) ** 2)
     taps = taps / taps.sum(dim=1, keepdim=True)
-    taps = torch.where(taps < _TINY_TAP, 0.0, taps).view(-1, 1, 1, 1, k)
+    taps = torch.where(taps < _TINY_TAP, 0.0, taps).repeat_interleave(c, dim=0)  # (N * C, k): one per plane
     r = k // 2
-    xp = torch.nn.functional.pad(x, (r, r, r, r), mode="reflect")
-    w = x.shape[-1]
-    rows = sum(taps[..., j] * xp[..., j:j + w] for j in range(k))
-    h = x.shape[-2]
-    return sum(taps[..., j] * rows[..., j:j + h, :] for j in range(k))
+    y = torch.nn.functional.pad(x, (r, r, r, r), mode="reflect").reshape(1, n * c, h + 2 * r, w + 2 * r)
+    y = torch.nn.functional.conv2d(y, taps.view(n * c, 1, 1, k), groups=n * c)
+    y = torch.nn.functional.conv2d(y, taps.view(n * c, 1, k, 1), groups=n * c)
+    return y.view(n, c, h, w)
 
 
 def _apply(x: torch.Tensor, rows: torch.Tensor, fn) -> None:
