@@ -14,6 +14,7 @@ recipe's ratios (B_ssl = B/4, B_rec = B/8) at --batch images. Rows:
 - openvtp `device`: the loader renders the geometry only (uint8) and the trainer finishes the views on its
   device. Its loader rate is the host's share; the finishing is timed apart, on this machine's CPU, one thread
   (on a GPU it is a few batched kernels);
+- openvtp `device/torch`: that, and `data.resampler=torch` (torch's uint8 resize at decode): the vtp-* recipes';
 - anchor: the same augmentations as DINOv2's and open_clip's loaders write them: webdataset PIL decode, then
   torchvision transforms per sample (open_clip's train transform for the CLIP view, DINOv2's
   DataAugmentationDINO for the multi-crop, a random resized crop for the reconstruction view, DINOv2's block
@@ -52,6 +53,7 @@ from openvtp.data.text import tokenize
 from openvtp.train.data import build_loader, finish_views
 
 MODES = ("sample", "batch", "device")
+RESAMPLERS = ("pil", "torch")
 
 
 def photo(rng: np.random.Generator, width: int, height: int) -> bytes:
@@ -158,9 +160,11 @@ def anchor_loader(cfg: PretrainConfig, pattern: str, workers: int) -> DataLoader
     return DataLoader(pipeline, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None)
 
 
-def recipe_config(recipe: str, pattern: str, batch: int, workers: int, mode: str) -> PretrainConfig:
+def recipe_config(recipe: str, pattern: str, batch: int, workers: int, mode: str, resampler: str = "pil"
+                  ) -> PretrainConfig:
     cfg = load_config(PretrainConfig, recipe, [
         "data.source=shards", f"data.path={pattern}", f"data.workers={workers}", f"data.photometric={mode}",
+        f"data.resampler={resampler}",
         f"train.batch={batch}", f"ssl.batch={batch // 4}", f"recon.batch={batch // 8}", "train.steps=1000000"])
     validate(cfg, 1)
     return cfg
@@ -226,15 +230,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=1, help="interleaved repeats; the median is printed")
     ap.add_argument("--images", type=int, default=256, help="JPEGs written to the shards")
     ap.add_argument("--size", default="500x375", help="JPEG width x height")
-    ap.add_argument("--modes", default="sample,batch,device", help=f"openvtp paths to time, of {','.join(MODES)}")
+    ap.add_argument("--modes", default="sample,batch,device,device/torch",
+                    help=f"openvtp paths to time: data.photometric ({','.join(MODES)}), optionally /data.resampler")
     ap.add_argument("--no-anchor", action="store_true")
     ap.add_argument("--gpu-rate", type=float, default=None,
                     help="images/s one GPU consumes (default: runs/gpu_check.json's bf16 rate for the recipe, else 1000)")
     ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",")]
-    modes = [m for m in args.modes.split(",") if m]
-    if any(m not in MODES for m in modes) or min(workers) < 1 or args.batch < 8 or args.batch % 8:
+    modes = [(m.split("/") + ["pil"])[:2] for m in args.modes.split(",") if m]
+    if (any(m not in MODES or r not in RESAMPLERS for m, r in modes) or min(workers) < 1 or args.batch < 8
+            or args.batch % 8):
         sys.exit(f"loader.py: --modes from {MODES}, --workers >= 1, --batch a multiple of 8 (got {args})")
     width, height = (int(v) for v in args.size.lower().split("x"))
     torch.set_num_threads(1)
@@ -242,18 +248,20 @@ def main(argv: list[str] | None = None) -> None:
         pattern, kb = write_data(Path(tmp), args.images, width, height)
         print(f"{args.images} JPEGs {width}x{height} ({kb:.0f} kB each), recipe {args.recipe}, batch {args.batch} "
               f"(B_ssl {args.batch // 4}, B_rec {args.batch // 8}), {args.steps} timed batches after {args.warmup}")
-        runs = [(f"openvtp {m}", m) for m in modes] + ([] if args.no_anchor else [("anchor", None)])
+        runs = [("openvtp " + m + ("" if r == "pil" else f"/{r}"), (m, r)) for m, r in modes]
+        runs += [] if args.no_anchor else [("anchor", None)]
         results: dict[tuple[str, int], list[Row]] = {}
         for _ in range(args.repeat):
             for w in workers:
                 for name, mode in runs:
-                    cfg = recipe_config(args.recipe, pattern, args.batch, w, mode or "sample")
+                    cfg = recipe_config(args.recipe, pattern, args.batch, w, *(mode or ("sample",)))
                     loader = build_loader(cfg, 0, 1, 0) if mode else anchor_loader(cfg, pattern, w)
                     rate, mb = timed(loader, args.batch, args.warmup * w, args.steps)
                     results.setdefault((name, w), []).append(Row(name, w, rate, mb))
         rows = [Row(n, w, statistics.median(r.images_per_s for r in rs), rs[0].batch_mb)
                 for (n, w), rs in results.items()]
-        finish = finishing_ms(recipe_config(args.recipe, pattern, args.batch, 1, "device")) if "device" in modes else None
+        device = any(m == "device" for m, _ in modes)
+        finish = finishing_ms(recipe_config(args.recipe, pattern, args.batch, 1, "device")) if device else None
     rate = args.gpu_rate or gpu_rate(Path("runs/gpu_check.json"), args.recipe) or 1000.0
     report(rows, rate, finish, args.batch)
     if args.out:

@@ -40,7 +40,8 @@ def test_a_tiny_run_reports_every_path(tmp_path, capsys):
                 "--images", "16", "--size", "96x72", "--gpu-rate", "500", "--out", str(out)])
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
-    assert [r["name"] for r in rows] == ["openvtp sample", "openvtp batch", "openvtp device", "anchor"]
+    assert [r["name"] for r in rows] == ["openvtp sample", "openvtp batch", "openvtp device", "openvtp device/torch",
+                                        "anchor"]
     assert all(r["per_core"] > 0 and r["workers"] == 1 for r in rows)
     device, sample = rows[2], rows[0]
     assert device["batch_mb"] < sample["batch_mb"] / 3  # uint8 geometry instead of float views

@@ -103,3 +103,22 @@ def test_decode_modes():
     assert crop.shape == squash.shape == (3, 16, 16)
     assert crop.float().mean() > squash.float().mean()  # crop keeps mostly the centre band
     assert torch.equal(decode_image(data), img)
+
+
+@pytest.mark.parametrize("size", [16, (12, 20), (40, 30)])
+def test_the_torch_resampler_is_pils_within_a_few_levels(size, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 9, generator=g), size=(45, 70), mode="bicubic")
+    data = encode_image((smooth[0].clamp(0, 1) * 255).round().to(torch.uint8), "jpg")
+    for mode in ("crop", "squash"):
+        pil, fast = decode_image(data, size, mode), decode_image(data, size, mode, resampler="torch")
+        assert fast.shape == pil.shape and fast.dtype == torch.uint8 and fast.is_contiguous()
+        diff = (fast.float() - pil.float()).abs()
+        assert diff.mean() < 2.0 and diff.max() <= 24, (mode, diff.mean(), diff.max())
+    # an image of one colour stays that colour; folders pass the choice through
+    _img(tmp_path / "one.png", (200, 40, 90), (33, 21))
+    (tmp_path / "c").mkdir()
+    _img(tmp_path / "c" / "x.png", (200, 40, 90), (33, 21))
+    assert torch.equal(decode_image(tmp_path / "one.png", size, resampler="torch"),
+                       torch.tensor([200, 40, 90], dtype=torch.uint8).view(3, 1, 1).expand(3, *pil.shape[1:]))
+    assert ClassFolder(tmp_path, size=size, resampler="torch")[0]["image"].shape == pil.shape

@@ -122,7 +122,8 @@ def test_device_batches_do_not_depend_on_workers_ranks_or_accumulation():
                        whole["ssl_masks"].view(g, -1, whole["ssl_masks"].shape[-1]))
 
 
-def test_an_unknown_place_is_one_line():
-    cfg = load_config(PretrainConfig, "demo", ["data.photometric=gpu"])
-    with pytest.raises(OpenVTPError, match=r"data.photometric.*sample, batch, device"):
-        validate(cfg, 1)
+@pytest.mark.parametrize("override,message", [("data.photometric=gpu", r"data.photometric.*sample, batch, device"),
+                                              ("data.resampler=cv2", r"data.resampler.*pil, torch")])
+def test_an_unknown_choice_is_one_line(override, message):
+    with pytest.raises(OpenVTPError, match=message):
+        validate(load_config(PretrainConfig, "demo", [override]), 1)

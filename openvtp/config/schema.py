@@ -14,6 +14,7 @@ from openvtp.runtime.precision import PRECISIONS
 
 
 PHOTOMETRIC_PLACES = ("sample", "batch", "device")
+RESAMPLERS = ("pil", "torch")  # openvtp.data.images.decode_image's
 
 
 @dataclass
@@ -28,6 +29,9 @@ class DataConfig:
     # where the multi-crop photometrics run: sample (crop by crop in the loader; bit-stable, the demo's),
     # batch (all crops of a batch at once in the loader), device (at once on the training device: for GPUs)
     photometric: str = "sample"
+    # shards and folders: the resize to model.image_size at decode, pil (Pillow bicubic, sub-pixel box) | torch
+    # (torch's uint8 antialiased bicubic over a whole-pixel box: faster, pixels within a few levels of pil's)
+    resampler: str = "pil"
     shuffle_buffer: int = 1000      # shards
 
 
@@ -203,6 +207,7 @@ def _validate_common(t: TrainConfig, d: DataConfig, o: OptimConfig, e: EvalDurin
     require(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
     require(t.time_limit_s >= 0, "train.time_limit_s", "must be >= 0 (0: no limit)")
     require(d.workers >= 0, "data.workers", "must be >= 0")
+    require(d.resampler in RESAMPLERS, "data.resampler", f"must be one of {', '.join(RESAMPLERS)}")
     require(d.photometric in PHOTOMETRIC_PLACES, "data.photometric", f"must be one of {', '.join(PHOTOMETRIC_PLACES)}")
     require(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
     require(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")

@@ -39,10 +39,10 @@ def _readable(path: str) -> str | None:
 class _FileImages(Dataset):
     """Shared loading for datasets backed by a list of (path, caption, label, key)."""
 
-    def __init__(self, size: int | tuple[int, int] | None, resize: str):
+    def __init__(self, size: int | tuple[int, int] | None, resize: str, resampler: str = "pil"):
         if resize not in RESIZE_MODES:
             raise OpenVTPError(f"folders: resize must be one of {RESIZE_MODES}, got {resize!r}")
-        self.size, self.resize = size, resize
+        self.size, self.resize, self.resampler = size, resize, resampler
         self.items: list[tuple[str, str, int | None, str]] = []
         self.skipped: Counter[str] = Counter()
         self.load_failures = 0
@@ -67,7 +67,7 @@ class _FileImages(Dataset):
         for k in range(n):
             path, caption, label, key = self.items[(index + k) % n]
             try:
-                image = decode_image(path, self.size, self.resize)
+                image = decode_image(path, self.size, self.resize, self.resampler)
             except Exception as exc:  # truncated or otherwise undecodable: take the next one
                 self.load_failures += 1
                 log.warning("folders: cannot decode %s (%s), using the next image", path, exc)
@@ -86,7 +86,7 @@ class CaptionFolder(_FileImages):
         annotations: .csv, or .jsonl/.json with one {"file": ..., "caption": ...} per line.
             An optional integer "label" column/field is passed through.
         root: folder that relative `file` paths are under; default: the annotation file's folder.
-        size, resize: as `decode_image` (None keeps each image's size).
+        size, resize, resampler: as `decode_image` (None keeps each image's size).
         verify: open every header at construction to drop unreadable files early.
     """
 
@@ -97,8 +97,9 @@ class CaptionFolder(_FileImages):
         size: int | tuple[int, int] | None = None,
         resize: str = "crop",
         verify: bool = True,
+        resampler: str = "pil",
     ):
-        super().__init__(size, resize)
+        super().__init__(size, resize, resampler)
         annotations = os.fspath(annotations)
         if not os.path.isfile(annotations):
             raise OpenVTPError(f"folders: annotation file not found: {annotations}")
@@ -164,8 +165,9 @@ class ClassFolder(_FileImages):
         resize: str = "crop",
         verify: bool = True,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        resampler: str = "pil",
     ):
-        super().__init__(size, resize)
+        super().__init__(size, resize, resampler)
         root = os.fspath(root)
         if not os.path.isdir(root):
             raise OpenVTPError(f"folders: class folder root is not a directory: {root}")

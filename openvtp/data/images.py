@@ -6,7 +6,9 @@ import os
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
+from torchvision.transforms import InterpolationMode
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 RESIZE_MODES = ("crop", "squash")
@@ -17,12 +19,14 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def decode_image(source: bytes | str | os.PathLike, size: int | tuple[int, int] | None = None,
-                 mode: str = "crop") -> torch.Tensor:
+                 mode: str = "crop", resampler: str = "pil") -> torch.Tensor:
     """Decode encoded bytes or a file to a (3, H, W) uint8 RGB tensor; raises on unreadable data.
 
     With `size`, the image is resized: "crop" scales the shorter side to fit and centre-crops
     (the usual eval transform), "squash" resizes to exactly `size` ignoring aspect (the VTP
     zero-shot protocol). JPEGs are decoded at reduced scale when that still covers `size`.
+    resampler "pil" resizes with Pillow's bicubic over a sub-pixel box; "torch" with torch's uint8
+    antialiased bicubic over a box rounded to whole pixels: a third of the time, pixels within a few levels.
     """
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     with Image.open(fp) as im:
@@ -30,10 +34,27 @@ def decode_image(source: bytes | str | os.PathLike, size: int | tuple[int, int] 
             h, w = _hw(size)
             im.draft("RGB", (w, h))  # JPEG only: DCT-domain downscale, never below (w, h)
         im = im.convert("RGB")
-        if size is not None:
+        if size is not None and resampler == "pil":
             im = fit_pil(im, size, mode)
-        arr = np.asarray(im, dtype=np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        arr = np.array(im, dtype=np.uint8)
+    x = torch.from_numpy(arr).permute(2, 0, 1)  # a channels-last view: torch's fast uint8 resize reads it as is
+    if size is not None and resampler == "torch":
+        x = fit_tensor(x, size, mode)
+    return x.contiguous()
+
+
+def fit_tensor(x: torch.Tensor, size: int | tuple[int, int], mode: str = "crop") -> torch.Tensor:
+    """`fit_pil` for a (3, H, W) uint8 tensor with torch's antialiased bicubic; the crop box in whole pixels."""
+    assert mode in RESIZE_MODES, f"unknown resize mode {mode!r}"
+    h, w = _hw(size)
+    H, W = x.shape[-2:]
+    if mode == "squash":
+        box = (0, 0, H, W)
+    else:
+        scale = max(w / W, h / H)
+        ch, cw = min(H, round(h / scale)), min(W, round(w / scale))
+        box = ((H - ch) // 2, (W - cw) // 2, ch, cw)
+    return TF.resized_crop(x, *box, size=[h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
 def fit_pil(im: Image.Image, size: int | tuple[int, int], mode: str = "crop") -> Image.Image:

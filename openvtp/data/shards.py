@@ -70,7 +70,8 @@ class ShardDataset(IterableDataset):
     Args:
         urls: brace pattern, `::`-joined patterns, or a list of paths/patterns.
         size: None keeps the decoded size; an int or (h, w) resizes with `resize`
-            ("crop": shorter side then centre crop; "squash": ignore aspect).
+            ("crop": shorter side then centre crop; "squash": ignore aspect) with `resampler`
+            ("pil" or "torch", see `decode_image`).
         rank, world_size: this process's slice of the shards.
         shuffle_buffer: >0 shuffles shard order per epoch and samples through a buffer of
             this many (still encoded); 0 reads shards and samples in order.
@@ -89,6 +90,7 @@ class ShardDataset(IterableDataset):
         seed: int = 0,
         resample: bool = False,
         resize: str = "crop",
+        resampler: str = "pil",
     ):
         if not 0 <= rank < world_size:
             raise OpenVTPError(f"shards: need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
@@ -97,7 +99,7 @@ class ShardDataset(IterableDataset):
         if shuffle_buffer < 0 or seed < 0:
             raise OpenVTPError(f"shards: shuffle_buffer and seed must be >= 0, got {shuffle_buffer}, {seed}")
         self.urls = expand_urls(urls)
-        self.size, self.resize = size, resize
+        self.size, self.resize, self.resampler = size, resize, resampler
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.seed, self.resample = shuffle_buffer, seed, resample
         self.epoch = 0
@@ -183,7 +185,7 @@ class ShardDataset(IterableDataset):
         if not caption:
             return skip("empty_caption", where)
         try:
-            image = decode_image(group[ext], self.size, self.resize)
+            image = decode_image(group[ext], self.size, self.resize, self.resampler)
         except Exception:  # PIL raises many types for corrupt data
             return skip("bad_image", where)
         return {"image": image, "caption": caption, "key": key}

@@ -32,10 +32,11 @@ def build_source(cfg: PretrainConfig, rank: int, world_size: int) -> Dataset | I
         return provider("embedded").pretrain_source(cfg)
     if d.source == "shards":
         return ShardDataset(d.path.split("::") if "::" in d.path else d.path, size=size, rank=rank,
-                            world_size=world_size, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, resample=True)
+                            world_size=world_size, shuffle_buffer=d.shuffle_buffer, seed=cfg.train.seed, resample=True,
+                            resampler=d.resampler)
     if d.captions:
-        return CaptionFolder(d.captions, root=d.path, size=size)
-    return ClassFolder(d.path, size=size)
+        return CaptionFolder(d.captions, root=d.path, size=size, resampler=d.resampler)
+    return ClassFolder(d.path, size=size, resampler=d.resampler)
 
 
 @dataclass(frozen=True)
