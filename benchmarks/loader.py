@@ -176,6 +176,7 @@ class Row:
     workers: int
     images_per_s: float
     batch_mb: float  # what one batch weighs as the worker hands it over
+    spread: float = 0.0  # (max - min) / median of images/s over the repeats
 
     @property
     def per_core(self) -> float:
@@ -207,6 +208,44 @@ def finishing_ms(cfg: PretrainConfig, repeat: int = 3) -> float:
     return 1e3 * statistics.median(times)
 
 
+STAGES = {  # (module file, function) -> stage; cumulative time, so nested stages are listed apart
+    ("images.py", "decode_image"): "decode (JPEG + resize to model.image_size)",
+    ("views.py", "contrastive_crop"): "CLIP view geometry",
+    ("views.py", "plan"): "multi-crop draws",
+    ("views.py", "render"): "multi-crop geometry",
+    ("views.py", "photometric"): "multi-crop photometrics, per crop",
+    ("photometric.py", "photometric_batch"): "multi-crop photometrics, batched",
+    ("masking.py", "batch_masks"): "iBOT masks",
+    ("views.py", "reconstruction_crop"): "reconstruction view geometry",
+    ("text.py", "tokenize"): "caption tokens",
+}
+
+
+def profile(cfg: PretrainConfig, batches: int) -> list[tuple[str, float]]:
+    """ms per batch of each stage of the loader's path, in this process (one thread), by cProfile."""
+    import cProfile
+    import pstats
+
+    cfg.data.workers = 0
+    it = iter(build_loader(cfg, 0, 1, 0))
+    next(it)  # fills the shuffle buffer
+    prof = cProfile.Profile()
+    prof.enable()
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    total = time.perf_counter() - start
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    rows = {}
+    for (file, _, name), (_, _, _, cumulative, _) in stats.items():
+        stage = STAGES.get((Path(file).name, name))
+        if stage:
+            rows[stage] = rows.get(stage, 0.0) + cumulative
+    out = [(stage, 1e3 * rows[stage] / batches) for stage in STAGES.values() if stage in rows]
+    return out + [("the whole batch (profiled: slower than unprofiled)", 1e3 * total / batches)]
+
+
 def gpu_rate(path: Path, recipe: str) -> float | None:
     """The GPU check's bf16 pre-training images/s for the recipe, when it has run."""
     if not path.is_file():
@@ -225,9 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--recipe", default="vtp-s", choices=preset_names("vtp"))
     ap.add_argument("--workers", default="1", help="comma-separated worker counts, e.g. 1,2,4")
     ap.add_argument("--batch", type=int, default=64, help="images per batch (B_ssl = B/4, B_rec = B/8)")
-    ap.add_argument("--steps", type=int, default=6, help="timed batches per run")
+    ap.add_argument("--steps", type=int, default=12, help="timed batches per run")
     ap.add_argument("--warmup", type=int, default=2, help="batches before the clock starts (per worker)")
-    ap.add_argument("--repeat", type=int, default=1, help="interleaved repeats; the median is printed")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats; the median is printed")
     ap.add_argument("--images", type=int, default=256, help="JPEGs written to the shards")
     ap.add_argument("--size", default="500x375", help="JPEG width x height")
     ap.add_argument("--modes", default="sample,batch,device,device/torch",
@@ -236,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpu-rate", type=float, default=None,
                     help="images/s one GPU consumes (default: runs/gpu_check.json's bf16 rate for the recipe, else 1000)")
     ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument("--profile", action="store_true", help="also print ms per batch of each stage, for every path")
     args = ap.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",")]
     modes = [(m.split("/") + ["pil"])[:2] for m in args.modes.split(",") if m]
@@ -258,8 +298,17 @@ def main(argv: list[str] | None = None) -> None:
                     loader = build_loader(cfg, 0, 1, 0) if mode else anchor_loader(cfg, pattern, w)
                     rate, mb = timed(loader, args.batch, args.warmup * w, args.steps)
                     results.setdefault((name, w), []).append(Row(name, w, rate, mb))
-        rows = [Row(n, w, statistics.median(r.images_per_s for r in rs), rs[0].batch_mb)
-                for (n, w), rs in results.items()]
+        rows = []
+        for (n, w), rs in results.items():
+            rates = [r.images_per_s for r in rs]
+            median = statistics.median(rates)
+            rows.append(Row(n, w, median, rs[0].batch_mb, (max(rates) - min(rates)) / median))
+        if args.profile:
+            for mode, resampler in modes:
+                print(f"\nprofile of openvtp {mode}/{resampler}, {args.steps} batches in-process:")
+                for stage, ms in profile(recipe_config(args.recipe, pattern, args.batch, 1, mode, resampler),
+                                         args.steps):
+                    print(f"  {stage:<52} {ms:8.1f} ms")
         device = any(m == "device" for m, _ in modes)
         finish = finishing_ms(recipe_config(args.recipe, pattern, args.batch, 1, "device")) if device else None
     rate = args.gpu_rate or gpu_rate(Path("runs/gpu_check.json"), args.recipe) or 1000.0
@@ -272,13 +321,14 @@ def main(argv: list[str] | None = None) -> None:
 def report(rows: list[Row], rate: float, finish_ms: float | None, batch: int) -> None:
     base = {r.workers: r.per_core for r in rows if r.name == "openvtp sample"}
     anchor = {r.workers: r.per_core for r in rows if r.name == "anchor"}
-    print(f"\n{'path':<18} {'workers':>7} {'images/s':>9} {'per core':>9} {'x sample':>9} {'x anchor':>9} "
+    print(f"\n{'path':<21} {'workers':>7} {'images/s':>9} {'spread':>7} {'per core':>9} {'x sample':>9} {'x anchor':>9} "
           f"{'MB/batch':>9} {'cores/GPU':>10}")
     for r in rows:
         ratio = (lambda ref: f"{r.per_core / ref[r.workers]:.2f}" if r.workers in ref else "-")
-        print(f"{r.name:<18} {r.workers:>7} {r.images_per_s:>9.1f} {r.per_core:>9.1f} {ratio(base):>9} "
+        print(f"{r.name:<21} {r.workers:>7} {r.images_per_s:>9.1f} {r.spread:>7.0%} {r.per_core:>9.1f} {ratio(base):>9} "
               f"{ratio(anchor):>9} {r.batch_mb:>9.1f} {rate / r.per_core:>10.1f}")
-    print(f"cores/GPU: loader cores one GPU needs at {rate:.0f} images/s")
+    print(f"images/s: median of the repeats; spread: their range over the median; "
+          f"cores/GPU: loader cores one GPU needs at {rate:.0f} images/s")
     if finish_ms is not None:
         print(f"openvtp device: finishing a batch's views took {finish_ms:.0f} ms on this CPU, one thread "
               f"({batch / finish_ms * 1e3:.0f} images/s); on a GPU it runs as batched kernels")

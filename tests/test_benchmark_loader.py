@@ -37,7 +37,7 @@ def test_a_tiny_run_reports_every_path(tmp_path, capsys):
     bench = load_benchmark()
     out = tmp_path / "loader.json"
     bench.main(["--recipe", "vtp-s", "--workers", "1", "--batch", "8", "--steps", "1", "--warmup", "1",
-                "--images", "16", "--size", "96x72", "--gpu-rate", "500", "--out", str(out)])
+                "--images", "16", "--size", "96x72", "--repeat", "1", "--gpu-rate", "500", "--out", str(out)])
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert [r["name"] for r in rows] == ["openvtp sample", "openvtp batch", "openvtp device", "openvtp device/torch",
