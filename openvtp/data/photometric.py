@@ -89,13 +89,16 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _apply(x: torch.Tensor, rows: torch.Tensor, fn) -> None:
-    """x[rows] = fn(x[rows], rows) in place, for a host bool mask `rows`; nothing when it is empty."""
+    """x[rows] = fn(x[rows], index) in place, for a host bool mask `rows` (index: the rows' positions, on x's
+    device); nothing when it is empty. Host-to-device copies are asynchronous: no wait on a GPU's queue."""
     idx = rows.nonzero().squeeze(1)
+    if not len(idx):
+        return
+    on = idx.to(x.device, non_blocking=True)
     if len(idx) == len(x):
-        x.copy_(fn(x, idx))
-    elif len(idx):
-        on = idx.to(x.device, non_blocking=True)
-        x[on] = fn(x[on], idx)
+        x.copy_(fn(x, on))
+    else:
+        x[on] = fn(x[on], on)
 
 
 def photometric_batch(crops: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
@@ -104,15 +107,13 @@ def photometric_batch(crops: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
     assert plan.device.type == "cpu" and plan.shape == (len(crops), PLAN_COLUMNS), "plan: host (N, PLAN_COLUMNS)"
     x = crops.float() / 255.0 if crops.dtype == torch.uint8 else crops.float().clamp(0, 1)
     factors = plan[:, 1:5].to(x.device, torch.float32, non_blocking=True).view(-1, 4, 1, 1, 1)
+    sigma = plan[:, _SIGMA].to(x.device, torch.float32, non_blocking=True)
     jittered = plan[:, 0] > 0
     for position in range(4):
         for k in range(4):
-            _apply(x, jittered & (plan[:, _ORDER + position] == k),
-                   lambda y, i, k=k: _jitter_op(k, y, factors[i.to(x.device), k]))
+            _apply(x, jittered & (plan[:, _ORDER + position] == k), lambda y, i, k=k: _jitter_op(k, y, factors[i, k]))
     _apply(x, plan[:, _GRAY] > 0, lambda y, i: _gray(y).expand_as(y))
     for k in plan[plan[:, _BLUR] > 0, _KERNEL].unique().tolist():
-        sigma = plan[:, _SIGMA].to(torch.float32)
-        _apply(x, (plan[:, _BLUR] > 0) & (plan[:, _KERNEL] == k),
-               lambda y, i, k=int(k): _blur(y, sigma[i].to(x.device, non_blocking=True), k))
+        _apply(x, (plan[:, _BLUR] > 0) & (plan[:, _KERNEL] == k), lambda y, i, k=int(k): _blur(y, sigma[i], k))
     _apply(x, plan[:, _SOLARIZE] > 0, lambda y, i: torch.where(y >= 0.5, 1.0 - y, y))
     return normalize(x.clamp_(0, 1))

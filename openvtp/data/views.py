@@ -30,18 +30,19 @@ def sample_generator(seed: int, step: int, index: int, stream: int = 0) -> torch
     return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
 
 
+def _channels(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """(3, 1, 1) constants on `like`'s device; copied asynchronously, so a GPU's queue is not waited on."""
+    return torch.tensor(values, dtype=like.dtype).view(3, 1, 1).to(like.device, non_blocking=True)
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] RGB -> ImageNet-normalised; (..., 3, H, W)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x - mean) / std
+    return (x - _channels(IMAGENET_MEAN, x)) / _channels(IMAGENET_STD, x)
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalised -> [0, 1] RGB (unclamped); (..., 3, H, W)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return x * std + mean
+    return x * _channels(IMAGENET_STD, x) + _channels(IMAGENET_MEAN, x)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
