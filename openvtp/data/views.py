@@ -73,7 +73,7 @@ def _resized(img: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int,
 
 def finish(x: torch.Tensor) -> torch.Tensor:
     """A rendered view (uint8, or float in [0, 1]) -> float, ImageNet-normalised."""
-    return normalize(_float01(x).clamp_(0, 1))
+    return normalize(_float01(x).clamp(0, 1))  # not in place: a float view may share the batch's or image's memory
 
 
 def random_resized_crop_box(
@@ -291,7 +291,7 @@ class MultiCrop:
     @staticmethod
     def photometric(x: torch.Tensor, plan: CropPlan) -> torch.Tensor:
         """The photometric part of one rendered crop, then normalisation: float (3, s, s)."""
-        x = _float01(x).clamp_(0, 1)
+        x = _float01(x).clamp(0, 1)  # not in place: an unresized crop of a float image is a view of it
         if plan.jitter is not None:
             for k in plan.order:
                 x = _JITTER_OPS[k](x, plan.jitter[k])

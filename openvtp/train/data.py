@@ -93,7 +93,6 @@ class PretrainCollate:
         """The views, finished (normalised) unless data.photometric=device: then the geometry only, as `*_raw`
         (uint8 for uint8 sources) with the crops' `*_plan` tables, for `finish_views` on the device."""
         cfg, lay, seed = self.cfg, self.layout, self.cfg.train.seed
-        per_sample = cfg.data.photometric == "sample"
         size = cfg.model.image_size
         out: dict[str, torch.Tensor] = {"step": torch.tensor(step)}
         out["skipped"] = torch.tensor(sum(int(s.get("skipped", 0)) for s in samples))
@@ -103,16 +102,17 @@ class PretrainCollate:
                 for s, p in zip(samples, positions)])
             out["text"] = tokenize([s["caption"] for s in samples], cfg.model.text_context_length)
         if self.multicrop is not None:
-            out.update(self._ssl(samples, step, positions, per_sample))
+            out.update(self._ssl(samples, step, positions))
         if lay.rec_stride:
             out["rec_images_raw"] = torch.stack([
                 reconstruction_crop(s["image"], size, sample_generator(seed, step, p, STREAM_RECON))
                 for s, p in zip(samples, positions) if lay.is_rec(p)])
         return out if cfg.data.photometric == "device" else finish_views(out, torch.device("cpu"))
 
-    def _ssl(self, samples: list[dict], step: int, positions: list[int], per_sample: bool) -> dict[str, torch.Tensor]:
-        """Crop-major (n, B_ssl, ...) crops and masks; per_sample: photometrics done here, crop by crop."""
+    def _ssl(self, samples: list[dict], step: int, positions: list[int]) -> dict[str, torch.Tensor]:
+        """Crop-major (n, B_ssl, ...) crops and masks; with data.photometric=sample finished here, crop by crop."""
         mc, lay, seed = self.multicrop, self.layout, self.cfg.train.seed
+        per_sample = self.cfg.data.photometric == "sample"
         plan = self._mask_plan(step)
         crops: dict[str, list] = {"ssl_globals": [], "ssl_locals": []}
         plans: dict[str, list] = {"ssl_globals": [], "ssl_locals": []}
